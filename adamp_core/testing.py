@@ -1,0 +1,69 @@
+"""Gradient constructors that reach each branch of the projection on purpose.
+
+Random Gaussian gradients reach the layer view about 8% of the time and the channel view almost
+never, so tests, the conformance suite and the demonstration build gradients with a known
+relation to the weight, as a scale-invariant layer's gradient has (orthogonal to its weight).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from adamp_core.projection import rows, unrows
+
+BRANCHES = ("channel", "layer", "none")
+
+
+def _rowwise(param: np.ndarray, channel_axis: int, fn) -> np.ndarray:
+    p = np.asarray(param, dtype=np.float64)
+    axis = channel_axis % p.ndim
+    return unrows(fn(rows(p, "channel", axis)), p, "channel", axis)
+
+
+def _remove_along(z: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per row: z_i - p_i <p_i, z_i> / |p_i|^2 (rows with p_i = 0 are left alone)."""
+    pp = np.sum(p * p, axis=1)
+    coef = np.divide(np.sum(p * z, axis=1), pp, out=np.zeros_like(pp), where=pp > 0)
+    return z - p * coef[:, None]
+
+
+def branch_gradient(
+    param, rng: np.random.Generator, branch: str, *, channel_axis: int = 0
+) -> np.ndarray:
+    """A float64 gradient for ``param`` (ndim >= 2) meant to reach ``branch``.
+
+    Args:
+      param: the weight.
+      rng: a NumPy generator; the gradient is drawn from it.
+      branch: ``"channel"``: orthogonal to every row (a scale-invariant layer's gradient);
+        ``"layer"``: orthogonal to the weight as a whole, but each row strongly aligned with its
+        weight row (needs at least two channels; with one, channel and layer views coincide);
+        ``"none"``: every row and the whole aligned with the weight (|cos| about 0.7).
+      channel_axis: output-channel axis of the layout.
+
+    Returns:
+      The gradient; the reference's ``decide`` tells which view it actually reaches.
+    """
+    p = np.asarray(param, dtype=np.float64)
+    z = rng.standard_normal(p.shape)
+    if branch == "channel":
+        return _rowwise(p, channel_axis, lambda pr: _remove_along(rows(z, "channel", channel_axis % p.ndim), pr))
+    if branch == "none":
+        scale = np.linalg.norm(z) / max(np.linalg.norm(p), 1e-300)
+        return z + scale * p
+    if branch == "layer":
+
+        def fn(pr: np.ndarray) -> np.ndarray:
+            zr = rows(z, "channel", channel_axis % p.ndim)
+            zr = _remove_along(zr, pr)
+            # Rows alternately aligned and anti-aligned with their weight row, each with the
+            # weight of its own norm, then the overall component removed: the whole is
+            # orthogonal while each row keeps a large |cos|.
+            sign = np.where(np.arange(pr.shape[0]) % 2 == 0, 1.0, -1.0)
+            zn = np.linalg.norm(zr, axis=1) / np.maximum(np.linalg.norm(pr, axis=1), 1e-300)
+            g = zr + (sign * zn)[:, None] * pr
+            flat = g.reshape(1, -1)
+            return _remove_along(flat, pr.reshape(1, -1)).reshape(g.shape)
+
+        return _rowwise(p, channel_axis, fn)
+    raise ValueError(f"branch must be one of {BRANCHES} (got {branch!r})")
