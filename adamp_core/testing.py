@@ -67,3 +67,25 @@ def branch_gradient(
 
         return _rowwise(p, channel_axis, fn)
     raise ValueError(f"branch must be one of {BRANCHES} (got {branch!r})")
+
+
+def reference_trajectory(
+    optimizer: str, param, grads, **hyperparams
+) -> list[tuple[np.ndarray, tuple]]:
+    """Runs the reference over ``grads`` and returns ``(param, state)`` after every step.
+
+    Args:
+      optimizer: ``"adamp"`` or ``"sgdp"``.
+      param: the initial parameter.
+      grads: a sequence of gradients, one per step.
+      **hyperparams: keyword hyperparameters of ``adamp_step`` / ``sgdp_step``.
+    """
+    from adamp_core.adamp import adamp_init, adamp_step
+    from adamp_core.sgdp import sgdp_init, sgdp_step
+
+    init, step = {"adamp": (adamp_init, adamp_step), "sgdp": (sgdp_init, sgdp_step)}[optimizer]
+    p, state, out = np.asarray(param), init(param), []
+    for g in grads:
+        p, state = step(p, g, state, **hyperparams)
+        out.append((p, state))
+    return out
