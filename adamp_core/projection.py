@@ -50,7 +50,7 @@ class Projection(NamedTuple):
 
 
 def rows(x: np.ndarray, view: str, channel_axis: int) -> np.ndarray:
-    """(P1) The 2-D view: ``(C, -1)`` along ``channel_axis`` for "channel", ``(1, -1)`` for "layer"."""
+    """(P1) The 2-D view: ``(C, -1)`` along ``channel_axis`` ("channel"), ``(1, -1)`` ("layer")."""
     if view == "channel":
         return np.moveaxis(x, channel_axis, 0).reshape(x.shape[channel_axis], -1)
     return x.reshape(1, -1)

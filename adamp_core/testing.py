@@ -47,7 +47,8 @@ def branch_gradient(
     p = np.asarray(param, dtype=np.float64)
     z = rng.standard_normal(p.shape)
     if branch == "channel":
-        return _rowwise(p, channel_axis, lambda pr: _remove_along(rows(z, "channel", channel_axis % p.ndim), pr))
+        zr = rows(z, "channel", channel_axis % p.ndim)
+        return _rowwise(p, channel_axis, lambda pr: _remove_along(zr, pr))
     if branch == "none":
         scale = np.linalg.norm(z) / max(np.linalg.norm(p), 1e-300)
         return z + scale * p

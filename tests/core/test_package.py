@@ -1,0 +1,51 @@
+"""The distribution: its wheel's file list, typing marker, and the reference's doctests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import adamp_core
+
+ROOT = Path(__file__).resolve().parents[2]
+FORBIDDEN_TOP_LEVEL = {"backends", "conformance", "tests", "examples", "benchmarks", "docs"}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(out), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (path,) = out.glob("adamp_core-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_wheel_holds_only_the_import_packages(wheel):
+    names = wheel.namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    adapters = {p.name for p in (ROOT / "backends").glob("adamp_*") if p.is_dir()}
+    assert top == {"adamp_core"} | adapters
+    assert not top & FORBIDDEN_TOP_LEVEL
+    for package in top:
+        assert f"{package}/py.typed" in names, f"{package} ships no py.typed"
+
+
+@pytest.mark.parametrize(
+    "module", ["adamp_core", "adamp_core.projection", "adamp_core.adamp", "adamp_core.sgdp"]
+)
+def test_docstring_examples(module):
+    result = doctest.testmod(importlib.import_module(module), raise_on_error=False)
+    assert result.failed == 0
+
+
+def test_version():
+    assert adamp_core.__version__ == "0.1.0"
