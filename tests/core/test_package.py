@@ -49,3 +49,16 @@ def test_docstring_examples(module):
 
 def test_version():
     assert adamp_core.__version__ == "0.1.0"
+
+
+def test_editable_install_is_static_paths():
+    """Static analysers resolve imports through plain directory entries in a .pth file, not
+    through import hooks. Skipped when the project is installed from a wheel."""
+    site = Path(adamp_core.__file__).resolve().parents[1]
+    if site != ROOT:
+        pytest.skip("adamp_core is not installed in editable mode")
+    pths = [p for d in sys.path if Path(d).is_dir() for p in Path(d).glob("*adamp_core*.pth")]
+    assert pths, "no .pth file of the editable install found"
+    for line in pths[0].read_text().splitlines():
+        assert not line.startswith("import"), f"import hook in {pths[0]}: {line}"
+        assert Path(line).is_dir(), line
