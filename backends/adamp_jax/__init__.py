@@ -1,0 +1,28 @@
+"""AdamP and SGDP as optax transformations (JAX adapter of ``adamp_core``).
+
+``adamp`` and ``sgdp`` are complete optimizers; ``scale_by_adamp`` and ``scale_by_sgdp`` are the
+building blocks for ``optax.chain``. Every ``update`` needs ``params``. ``channel_axis``
+defaults to -1, the output-channel axis of Flax and Haiku kernels; Equinox users pass 0.
+``decide`` returns the per-leaf projection decision the optimizers take (for monitoring).
+"""
+
+from adamp_jax._alias import adamp, sgdp
+from adamp_jax._projection import VIEWS
+from adamp_jax._transform import (
+    ScaleByAdamPState,
+    ScaleBySGDPState,
+    decide,
+    scale_by_adamp,
+    scale_by_sgdp,
+)
+
+__all__ = [
+    "VIEWS",
+    "ScaleByAdamPState",
+    "ScaleBySGDPState",
+    "adamp",
+    "decide",
+    "scale_by_adamp",
+    "scale_by_sgdp",
+    "sgdp",
+]

@@ -1,0 +1,118 @@
+"""``adamp`` and ``sgdp``: the building blocks chained with the learning rate, optax style."""
+
+from __future__ import annotations
+
+import optax
+
+from adamp_jax._transform import ChannelAxis, Mask, scale_by_adamp, scale_by_sgdp, validate
+
+
+def adamp(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    nesterov: bool = False,
+    *,
+    channel_axis: ChannelAxis = -1,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""AdamP (Heo et al., 2021): Adam without the radial update on scale-invariant weights.
+
+    Per leaf ``p`` of ``ndim >= 2``: if the gradient is nearly orthogonal to every output
+    channel of ``p`` (or to ``p`` as a whole), the update loses its component along ``p`` and
+    the weight decay is scaled by ``wd_ratio``; otherwise this is AdamW with multiplicative
+    decay. The equations (A1-A8, P1-P5) are those of ``adamp_core``.
+
+    Args:
+      learning_rate: a float or an ``optax.Schedule``.
+      b1, b2, eps, weight_decay, delta, wd_ratio, nesterov: see ``scale_by_adamp``; the
+        defaults are the official package's.
+      channel_axis: output-channel axis (D3): -1 for Flax and Haiku kernels, 0 for Equinox;
+        an int, a pytree of ints matching the params, or a callable ``(path, leaf) -> int``.
+      mask: which leaves get weight decay, as in ``optax.add_decayed_weights``.
+
+    Returns:
+      ``optax.chain(scale_by_adamp(...), optax.scale_by_learning_rate(learning_rate))``.
+      Its ``update`` requires ``params``.
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, adamp_jax
+      >>> params = {"w": jnp.ones((3, 4))}
+      >>> opt = adamp_jax.adamp(1e-3, weight_decay=1e-2)
+      >>> state = opt.init(params)
+      >>> updates, state = opt.update({"w": jnp.full((3, 4), 0.5)}, state, params)
+      >>> params = optax.apply_updates(params, updates)
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+      Weights", ICLR 2021 (arXiv:2006.08217), Algorithm 2.
+    """
+    validate({"lr": "learning_rate"}, lr=learning_rate)
+    return optax.chain(
+        scale_by_adamp(
+            b1,
+            b2,
+            eps,
+            weight_decay,
+            delta,
+            wd_ratio,
+            nesterov,
+            channel_axis=channel_axis,
+            mask=mask,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def sgdp(
+    learning_rate: optax.ScalarOrSchedule,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    eps: float = 1e-8,
+    delta: float = 0.1,
+    wd_ratio: float = 0.1,
+    *,
+    project_buffer: bool = False,
+    channel_axis: ChannelAxis = -1,
+    mask: Mask = None,
+) -> optax.GradientTransformationExtraArgs:
+    r"""SGDP (Heo et al., 2021): SGD with momentum without the radial update on
+    scale-invariant weights.
+
+    Args:
+      learning_rate: a float or an ``optax.Schedule``.
+      momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio, project_buffer: see
+        ``scale_by_sgdp``; the defaults are the official package's.
+      channel_axis: output-channel axis (D3), as in ``adamp``.
+      mask: which leaves get weight decay, as in ``optax.add_decayed_weights``.
+
+    Returns:
+      ``optax.chain(scale_by_sgdp(...), optax.scale_by_learning_rate(learning_rate))``.
+      Its ``update`` requires ``params``.
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+      Weights", ICLR 2021 (arXiv:2006.08217), Algorithm 1.
+    """
+    validate({"lr": "learning_rate"}, lr=learning_rate)
+    return optax.chain(
+        scale_by_sgdp(
+            momentum,
+            dampening,
+            weight_decay,
+            nesterov,
+            eps,
+            delta,
+            wd_ratio,
+            project_buffer=project_buffer,
+            channel_axis=channel_axis,
+            mask=mask,
+        ),
+        optax.scale_by_learning_rate(learning_rate),
+    )
