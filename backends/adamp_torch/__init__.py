@@ -1,0 +1,18 @@
+"""AdamP and SGDP for PyTorch: drop-in for ``adamp.AdamP`` / ``adamp.SGDP``, free of host syncs.
+
+Semantics are those of the NumPy reference ``adamp_core`` (decisions D1-D9); hyperparameters
+go through its validator. One multi-tensor code path (``torch._foreach_*``), parameters grouped
+by device and dtype; float16/bfloat16 parameters are stepped in float32 with float32 state.
+
+Reading which projection view fired, without a host synchronisation::
+
+    counter = ViewCounter(opt)        # records every step from now on
+    ...                               # train
+    counter.shares(dict(model.named_parameters()))   # one host read, here
+"""
+
+from adamp_torch.adamp import AdamP
+from adamp_torch.sgdp import SGDP
+from adamp_torch.views import ViewCounter
+
+__all__ = ["SGDP", "AdamP", "ViewCounter"]

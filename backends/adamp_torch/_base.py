@@ -1,0 +1,142 @@
+"""What AdamP and SGDP share as ``torch.optim.Optimizer`` subclasses: groups, state, hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamp_core import validate_hyperparameters
+from adamp_torch import _kernel
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+class ProjectionOptimizer(torch.optim.Optimizer):
+    """Base class: validation, per-step checks, bucket iteration and view recording.
+
+    Subclasses set ``_state_keys`` (tensor state besides ``step``), ``_hyper`` (the group keys
+    given to the shared validator) and implement ``_init_state`` and ``_update_bucket``.
+    """
+
+    _state_keys: tuple[str, ...] = ()
+    _hyper: tuple[str, ...] = ()
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        self._layouts: dict[tuple, _kernel.Layout] = {}
+        self.track_views = False
+        self.last_views: dict[Tensor, Tensor] = {}
+        super().__init__(params, defaults)
+
+    # -- groups ---------------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a group; its hyperparameters go through ``adamp_core.validate_hyperparameters``."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            validate_hyperparameters(**{k: group[k] for k in self._hyper})
+            offset = sum(len(g["params"]) for g in self.param_groups[:-1])
+            for i, p in enumerate(group["params"]):
+                _kernel.check_new_param(p, group["channel_axis"], type(self).__name__, offset + i)
+        except Exception:
+            self.param_groups.pop()  # nothing left half-added
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_layouts", {})
+        self.__dict__.setdefault("track_views", False)
+        self.__dict__.setdefault("last_views", {})
+        for group in self.param_groups:  # state dicts of the official package / timm
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        for st in self.state.values():
+            if "step" in st and not isinstance(st["step"], Tensor):  # official: a Python int
+                st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a state dict; float16/bfloat16 parameters keep float32 state (D9).
+
+        The base class casts every state tensor to its parameter's dtype, which would round
+        float32 moments to float16; they are restored from ``state_dict`` here.
+        """
+        super().load_state_dict(state_dict)
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params, strict=True):
+            if p.dtype not in LOW_PRECISION or pid not in state_dict["state"]:
+                continue
+            for key, value in state_dict["state"][pid].items():
+                if key != "step" and isinstance(value, Tensor):
+                    self.state[p][key] = value.to(device=p.device, dtype=torch.float32)
+
+    # -- step -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Performs one step; with ``closure``, re-evaluates the loss first and returns it."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        name = type(self).__name__
+        work = []
+        for group in self.param_groups:  # every check before any write
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                _kernel.check_step_param(
+                    p, self.state[p], self._state_keys, group["channel_axis"], name
+                )
+            work.append((group, params))
+        if self.track_views:
+            self.last_views = {}
+        for group, params in work:
+            for p in params:
+                if len(self.state[p]) == 0:
+                    self._init_state(p, self.state[p])
+            self._step_group(group, params)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        for idx in _kernel.buckets(params):
+            ps = [params[i] for i in idx]
+            axes = [group["channel_axis"]] * len(ps)
+            key = _kernel.layout_key(ps, axes)
+            layout = self._layouts.get(key)
+            if layout is None:
+                layout = _kernel.make_layout(ps, axes, _kernel.local(ps[0]).device)
+                self._layouts[key] = layout
+            states = [self.state[p] for p in ps]
+            local_p = [_kernel.local(p) for p in ps]
+            local_g = [_kernel.local(p.grad) for p in ps]
+            low = ps[0].dtype in LOW_PRECISION  # D9: compute in float32, store in own dtype
+            work_p = [p.float() for p in local_p] if low else local_p
+            work_g = [g.float() for g in local_g] if low else local_g
+            views = self._update_bucket(group, layout, work_p, work_g, states)
+            if low:
+                torch._foreach_copy_(local_p, work_p)
+            if self.track_views:
+                for p, v in zip(ps, views.unbind(), strict=True):
+                    self.last_views[p] = v
+
+    def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _update_bucket(
+        self,
+        group: dict[str, Any],
+        layout: _kernel.Layout,
+        ps: list[Tensor],
+        gs: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> Tensor:
+        raise NotImplementedError
+
+
+def zeros_state(p: Tensor) -> Tensor:
+    """A zero state tensor like ``p`` (same layout and sharding), float32 for 16-bit params."""
+    dtype = _kernel.compute_dtype(p.dtype)
+    return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)

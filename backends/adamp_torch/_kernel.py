@@ -1,0 +1,358 @@
+"""Multi-tensor machinery shared by AdamP and SGDP: checks, grouping, buckets, projection.
+
+The projection (P1-P5 of ``adamp_core``) is computed without reading anything on the host:
+
+* per row (channel view, rows along ``channel_axis``) four sums are taken, ``<g,p>``, ``|g|^2``,
+  ``|p|^2`` and ``<p,u>``; the layer view's sums are the totals of its rows;
+* both tests (P3) become boolean tensors, and the first view that fires (D3) picks a per-row
+  scale ``s = <p,u> / (|p| + eps)^2`` (P4), so the projected update is ``u - p * s``, and
+  ``r`` (P5) is selected with ``torch.where``.
+
+The optimizers never materialise the projected update unless they must store it (SGDP with
+``project_buffer``): ``p * (1 - lr wd r) - a (u - p s)`` is applied as ``p * F - a u`` with the
+per-row factor ``F = 1 - lr wd r + a s``.
+
+Parameters are grouped by device, dtype and DTensor layout, then cut into buckets of whole
+tensors. On a CPU a bucket holds about a megabyte-sized working set, so the dozen elementwise
+passes of a step hit the cache instead of main memory; on accelerators one bucket holds the
+whole group, so each ``torch._foreach_*`` call covers every tensor at once.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamp_core import check_channel_axis, check_grad_shape
+
+# Elements per bucket on CPU. Measured with benchmarks/bench_torch.py (ResNet-50 shapes, 2
+# threads): 2^17 .. 2^20 are within a few percent of each other; one bucket per group is ~2x
+# slower there because every pass then streams from main memory.
+CPU_BUCKET_NUMEL = 1 << 18
+VIEW_CODES = {0: None, 1: "channel", 2: "layer"}  # values of the recorded view codes
+
+
+def _dtensor_type() -> type | None:
+    """DTensor's class if ``torch.distributed.tensor`` is loaded (no DTensor exists otherwise)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None) if mod is not None else None
+
+
+def is_dtensor(x: Tensor) -> bool:
+    cls = _dtensor_type()
+    return cls is not None and isinstance(x, cls)
+
+
+def local(x: Tensor) -> Tensor:
+    """The local shard of a DTensor, the tensor itself otherwise (in-place writes go through)."""
+    return x._local_tensor if is_dtensor(x) else x
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_new_param(p: Tensor, channel_axis: Any, opt_name: str, index: int) -> None:
+    """Construction-time checks of one parameter (raises before the optimizer exists)."""
+    if p.is_complex():
+        raise ValueError(
+            f"{opt_name} does not support complex parameters (parameter {index} has dtype "
+            f"{p.dtype}); optimise torch.view_as_real(param) instead"
+        )
+    if not p.is_floating_point():
+        raise ValueError(
+            f"{opt_name} needs floating-point parameters (parameter {index} has dtype {p.dtype})"
+        )
+    check_channel_axis(channel_axis, tuple(p.shape))
+    if getattr(p, "_fsdp_flattened", False) or getattr(p, "_is_flat_param", False):
+        warnings.warn(
+            f"{opt_name}: parameter {index} is an FSDP1 flattened 1-D parameter (shape "
+            f"{tuple(p.shape)}); parameters with ndim <= 1 are never projected, so the "
+            "projection is silently lost. Use FSDP2 (torch.distributed.fsdp.fully_shard), "
+            "whose DTensor parameters keep their shape.",
+            stacklevel=4,
+        )
+
+
+def check_step_param(
+    p: Tensor, state: dict, state_keys: Sequence[str], channel_axis: Any, opt_name: str
+) -> None:
+    """Step-time checks, all done before anything is written (no half-updated step)."""
+    g = p.grad
+    if g.is_sparse:
+        raise RuntimeError(f"{opt_name} does not support sparse gradients")
+    check_grad_shape(tuple(p.shape), tuple(g.shape))
+    if g.dtype != p.dtype or g.device != p.device:
+        raise ValueError(
+            f"grad dtype/device ({g.dtype}, {g.device}) does not match param "
+            f"({p.dtype}, {p.device})"
+        )
+    check_channel_axis(channel_axis, tuple(p.shape))
+    for key in state_keys:
+        if key in state and tuple(state[key].shape) != tuple(p.shape):
+            raise ValueError(
+                f"state[{key!r}] shape {tuple(state[key].shape)} does not match param shape "
+                f"{tuple(p.shape)}"
+            )
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """D9: float64 stays, everything else (float32, float16, bfloat16) runs in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass
+class _Rows:
+    """Where one tensor's rows sit in the bucket's global row vector."""
+
+    start: int  # first global row of this tensor
+    rows: int  # global number of rows (1 pseudo-row for an ineligible tensor)
+    local_start: int  # offset of this rank's rows inside the tensor's rows
+    local_rows: int  # rows whose sums this rank contributes (all rows when not sharded on them)
+    bshape: tuple[int, ...]  # broadcast shape of a per-row factor against the local tensor
+    axis: int | None  # channel axis, None when ineligible (D4)
+
+
+@dataclass
+class Layout:
+    """Per-bucket constants, cached on the optimizer by shapes, axes and placements."""
+
+    rows: list[_Rows]
+    seg: Tensor  # (R,) tensor index of each global row
+    lengths: Tensor  # (T,) rows per tensor
+    lengths4: Tensor  # (4, T) the same, for segment sums of the (4, R) statistics
+    eligible: Tensor  # (T,) bool
+    inv_sqrt_row: Tensor  # (T,) 1 / sqrt(row length)  (P3, channel view)
+    inv_sqrt_numel: Tensor  # (T,) 1 / sqrt(numel)     (P3, layer view)
+    shard_groups: list[Any]  # process groups to sum the statistics over (DTensor only)
+
+
+def _shard_info(p: Tensor, axis: int) -> tuple[int, int, list[Any]]:
+    """(row offset, rows held, groups) of a DTensor's local shard along the channel axis."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    mesh, placements = p.device_mesh, p.placements
+    groups = []
+    for dim, pl in enumerate(placements):
+        if isinstance(pl, Shard) and type(pl) is Shard:
+            groups.append(mesh.get_group(dim))
+        elif not isinstance(pl, Replicate):
+            raise ValueError(
+                f"DTensor parameters must be Shard(d) or Replicate on every mesh dimension "
+                f"(got {placements})"
+            )
+    shape, offset = compute_local_shape_and_global_offset(p.shape, mesh, placements)
+    return offset[axis], shape[axis], groups
+
+
+def make_layout(params: Sequence[Tensor], axes: Sequence[Any], device: torch.device) -> Layout:
+    rows, seg, groups = [], [], None
+    inv_row, inv_numel, elig = [], [], []
+    start = 0
+    for i, (p, ax) in enumerate(zip(params, axes, strict=True)):
+        shape = tuple(p.shape)  # global shape for a DTensor
+        axis = check_channel_axis(ax, shape)
+        numel = math.prod(shape)
+        ndim = len(shape)
+        if axis is None or numel == 0:  # D4: never tested
+            rows.append(_Rows(start, 1, 0, 1, (1,) * ndim, None))
+            n, e = 1, False
+            inv_row.append(1.0)
+            inv_numel.append(1.0)
+        else:
+            c = shape[axis]
+            off, held = 0, c
+            if is_dtensor(p):
+                off, held, groups = _shard_info(p, axis)
+            bshape = tuple(held if d == axis else 1 for d in range(ndim))
+            rows.append(_Rows(start, c, off, held, bshape, axis))
+            n, e = c, True
+            inv_row.append(1.0 / math.sqrt(numel // c))
+            inv_numel.append(1.0 / math.sqrt(numel))
+        elig.append(e)
+        seg += [i] * n
+        start += n
+    lengths = torch.tensor([r.rows for r in rows], dtype=torch.long)
+    return Layout(
+        rows=rows,
+        seg=torch.tensor(seg, dtype=torch.long).to(device),
+        lengths=lengths.to(device),
+        lengths4=lengths.expand(4, -1).contiguous().to(device),
+        eligible=torch.tensor(elig, dtype=torch.bool).to(device),
+        inv_sqrt_row=torch.tensor(inv_row, dtype=torch.float64).to(device),
+        inv_sqrt_numel=torch.tensor(inv_numel, dtype=torch.float64).to(device),
+        shard_groups=groups or [],
+    )
+
+
+def layout_key(params: Sequence[Tensor], axes: Sequence[Any]) -> tuple:
+    key = []
+    for p, ax in zip(params, axes, strict=True):
+        k = (tuple(p.shape), ax)
+        if is_dtensor(p):
+            k += (id(p.device_mesh), tuple(p.placements), tuple(local(p).shape))
+        key.append(k)
+    return tuple(key)
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def group_key(p: Tensor) -> tuple:
+    if is_dtensor(p):
+        return (local(p).device, p.dtype, id(p.device_mesh), tuple(p.placements))
+    return (p.device, p.dtype)
+
+
+def buckets(params: Sequence[Tensor]) -> list[list[int]]:
+    """Indices of ``params`` cut into buckets: same device/dtype/layout, bounded size on CPU."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(group_key(p), []).append(i)
+    out = []
+    for key, idx in groups.items():
+        if key[0].type != "cpu":
+            out.append(idx)
+            continue
+        cur, size = [], 0
+        for i in idx:
+            n = local(params[i]).numel()
+            if cur and size + n > CPU_BUCKET_NUMEL:
+                out.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size += n
+        out.append(cur)
+    return out
+
+
+# ----------------------------------------------------------------------------- projection
+
+
+def _row_sums(
+    out: Tensor, p: Tensor, g: Tensor, u: Tensor, axis: int, scratch: Tensor | None
+) -> None:
+    """Writes <g,p>, |g|, |p|, <p,u> of each row of the local tensors into ``out`` (4, rows).
+
+    ``scratch``, a dead temporary of the same shape, receives the elementwise products, so
+    no memory is allocated here.
+    """
+    if (
+        axis == 0
+        and scratch is not None
+        and all(x.is_contiguous() for x in (p, g, u, scratch))
+        and scratch.dtype == p.dtype
+    ):
+        c = p.shape[0]
+        p2, g2, u2, w = p.view(c, -1), g.view(c, -1), u.view(c, -1), scratch.view(c, -1)
+        torch.sum(torch.mul(g2, p2, out=w), dim=1, out=out[0])
+        torch.linalg.vector_norm(g2, dim=1, out=out[1])
+        torch.linalg.vector_norm(p2, dim=1, out=out[2])
+        torch.sum(torch.mul(p2, u2, out=w), dim=1, out=out[3])
+        return
+    # channels_last, other channel axes, other strides: reduce over every dim but the axis
+    dims = [d for d in range(p.ndim) if d != axis]
+    out[0] = (g * p).sum(dims)
+    out[1] = torch.linalg.vector_norm(g, dim=dims)
+    out[2] = torch.linalg.vector_norm(p, dim=dims)
+    out[3] = (p * u).sum(dims)
+
+
+@dataclass
+class Projected:
+    """Per-row scale ``s`` (P4), per-tensor ``r`` (P5) and view codes of one bucket."""
+
+    s: Tensor  # (R,) zero where no view fired
+    r: Tensor  # (T,)
+    views: Tensor  # (T,) int8: 0 none, 1 channel, 2 layer
+
+
+def projection(
+    layout: Layout,
+    ps: Sequence[Tensor],
+    gs: Sequence[Tensor],
+    us: Sequence[Tensor],
+    *,
+    delta: float,
+    eps: float,
+    wd_ratio: float,
+    scratch: Sequence[Tensor] | None = None,
+) -> Projected:
+    """(P1)-(P5) for a bucket of local tensors in the compute dtype; nothing read on the host."""
+    dtype, device = ps[0].dtype, ps[0].device
+    total = layout.rows[-1].start + layout.rows[-1].rows
+    stats = torch.zeros(4, total, dtype=dtype, device=device)
+    for i, (rw, p, g, u) in enumerate(zip(layout.rows, ps, gs, us, strict=True)):
+        if rw.axis is not None and rw.local_rows and p.numel():
+            lo = rw.start + rw.local_start
+            w = scratch[i] if scratch is not None else None
+            _row_sums(stats[:, lo : lo + rw.local_rows], p, g, u, rw.axis, w)
+    stats[1:3].square_()  # squared norms: the quantities that add up over shards and rows
+    for group in layout.shard_groups:  # FSDP2: rows or parts of rows live on other ranks
+        torch.distributed.all_reduce(stats, group=group)
+    gp, gg, pp, pu = stats
+    seg, eligible = layout.seg, layout.eligible
+    pn = pp.sqrt()
+    # (P2), D1, D2 per row; (P3) channel view: every row below the threshold (a NaN fails)
+    cos = gp.abs() / (gg.sqrt().clamp_min(eps) * pn.clamp_min(eps))
+    below = cos < (delta * layout.inv_sqrt_row).to(dtype)[seg]
+    n_above = torch.segment_reduce((~below).to(dtype), "sum", lengths=layout.lengths)
+    channel = (n_above == 0) & eligible
+    # layer view: one row holding the whole tensor, i.e. the totals of the channel rows
+    tgp, tgg, tpp, tpu = torch.segment_reduce(stats, "sum", lengths=layout.lengths4, axis=1)
+    tpn = tpp.sqrt()
+    cos_l = tgp.abs() / (tgg.sqrt().clamp_min(eps) * tpn.clamp_min(eps))
+    layer = ~channel & eligible & (cos_l < (delta * layout.inv_sqrt_numel).to(dtype))
+    # (P4) u - p_hat <p_hat, u> = u - p * (<p,u> / (|p| + eps)^2), first view that fires wins
+    s_channel = pu / (pn + eps).square()
+    s_layer = tpu / (tpn + eps).square()
+    zero = torch.zeros((), dtype=dtype, device=device)
+    s = torch.where(channel[seg], s_channel, torch.where(layer[seg], s_layer[seg], zero))
+    fired = channel | layer
+    r = torch.where(fired, torch.full_like(tpn, wd_ratio), torch.ones_like(tpn))  # (P5)
+    views = channel.to(torch.int8) + 2 * layer.to(torch.int8)
+    return Projected(s, r, views)
+
+
+def per_row(layout: Layout, rows: Tensor) -> list[Tensor]:
+    """Splits a (R,) vector into per-tensor views broadcastable against the local tensors."""
+    out = []
+    for rw in layout.rows:
+        lo = rw.start + rw.local_start
+        out.append(rows[lo : lo + rw.local_rows].view(rw.bshape))
+    return out
+
+
+def per_tensor(x: Tensor) -> list[Tensor]:
+    """(T,) -> T zero-dim views, usable as the scalars of ``torch._foreach_*`` tensor lists."""
+    return list(x.unbind())
+
+
+# ----------------------------------------------------------------------------- scalars
+
+
+def step_scalars(steps: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The step counts ``t`` of a bucket as a (T,) float64 tensor on ``device`` (no host read).
+
+    Bias corrections are formed from it in float64, so float64 trajectories follow the
+    reference's Python-float arithmetic.
+    """
+    t = torch.stack(list(steps)).to(torch.float64)
+    return t.to(device, non_blocking=True)
+
+
+def as_device_scalar(x: Any, device: torch.device) -> Tensor | float:
+    """A tensor learning rate moved to the parameters' device; a float stays a float."""
+    if isinstance(x, Tensor):
+        return x.to(device=device, dtype=torch.float64, non_blocking=True)
+    return float(x)

@@ -1,0 +1,136 @@
+r"""SGDP for PyTorch: a multi-tensor kernel of (S1)-(S6), free of host synchronisation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from adamp_torch import _kernel
+from adamp_torch._base import ProjectionOptimizer, zeros_state
+
+
+class SGDP(ProjectionOptimizer):
+    r"""SGDP (Heo et al., ICLR 2021): SGD with momentum whose update loses its radial part on
+    weights detected as scale-invariant.
+
+    .. math::
+       \begin{aligned}
+       &b_t = \mu b_{t-1} + (1 - \tau) g_t \quad (b_0 = 0), \qquad
+        u_t = g_t + \mu b_t \text{ (nesterov) or } b_t \\
+       &u_t, r = \Pi(p, g_t, u_t) \quad (\text{projection; } r = \text{wd\_ratio}
+        \text{ if it fired, else } 1) \\
+       &p \leftarrow p\,(1 - \eta\,\lambda\,r / (1 - \mu)) - \eta\, u_t
+       \end{aligned}
+
+    Same positional arguments and defaults as the official ``adamp.SGDP`` 0.3.0; the buffer is
+    stored under its state key ``momentum``, so its state dicts (and timm's) load unchanged.
+
+    Args:
+      params: parameters or param groups.
+      lr: learning rate (required), a float or a tensor.
+      momentum: momentum factor ``mu``.
+      dampening: dampening ``tau`` of the buffer update.
+      weight_decay: multiplicative decay, divided by ``1 - momentum`` (D7, as official).
+      nesterov: Nesterov momentum (needs momentum > 0 and dampening 0).
+      eps, delta, wd_ratio: of the projection (P2)-(P5).
+      project_buffer: store the projected direction as the buffer, as the official package
+        does in place when nesterov is off (D6). Default False follows the paper.
+      channel_axis: output-channel axis of the weights' layout (D3); 0 for PyTorch.
+
+    Examples:
+      >>> import torch
+      >>> from adamp_torch import SGDP
+      >>> model = torch.nn.Linear(3, 2)
+      >>> opt = SGDP(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+      >>> model(torch.ones(1, 3)).sum().backward()
+      >>> opt.step()
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+      Weights", ICLR 2021, Algorithm 1.
+    """
+
+    _state_keys = ("momentum",)
+    _hyper = (
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "eps",
+        "delta",
+        "wd_ratio",
+        "project_buffer",
+    )
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float | Tensor,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        eps: float = 1e-8,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        *,
+        project_buffer: bool = False,
+        channel_axis: int = 0,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            eps=eps,
+            delta=delta,
+            wd_ratio=wd_ratio,
+            project_buffer=project_buffer,
+            channel_axis=channel_axis,
+        )
+        super().__init__(params, defaults)
+
+    def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
+        state["momentum"] = zeros_state(p)
+
+    def _update_bucket(self, group, layout, ps, gs, states):
+        mu, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
+        buf = [_kernel.local(s["momentum"]) for s in states]
+        device = ps[0].device
+        lr = _kernel.as_device_scalar(group["lr"], device)
+
+        torch._foreach_mul_(buf, mu)  # S1, in the official operation order (D8)
+        torch._foreach_add_(buf, gs, alpha=1 - damp)
+        u = torch._foreach_add(gs, buf, alpha=mu) if group["nesterov"] else buf  # S2
+        # S3: projection as a per-row scale s
+        scratch = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in ps]
+        proj = _kernel.projection(
+            layout,
+            ps,
+            gs,
+            u,
+            delta=group["delta"],
+            eps=group["eps"],
+            wd_ratio=group["wd_ratio"],
+            scratch=scratch,
+        )
+        del scratch
+        decay = 1 - lr * wd * proj.r / (1 - mu)  # S4, D7: divided by (1 - momentum)
+        if group["project_buffer"] and not group["nesterov"]:
+            # S6, D6: the official code projects the buffer in place; u is the buffer here
+            s = _kernel.per_row(layout, proj.s.to(ps[0].dtype))
+            torch._foreach_addcmul_(buf, ps, s, value=-1)
+            factor = decay[layout.seg]
+        else:  # u is left as is; S4 + S5 as p * (1 - lr wd r / (1 - mu) + lr s) - lr u
+            factor = decay[layout.seg] + lr * proj.s
+        torch._foreach_mul_(ps, _kernel.per_row(layout, factor.to(ps[0].dtype)))
+        if isinstance(lr, Tensor):  # S5
+            torch._foreach_addcmul_(ps, u, [-lr] * len(ps))
+        else:
+            torch._foreach_add_(ps, u, alpha=-lr)
+        return proj.views
