@@ -13,7 +13,7 @@ PYTEST := $(BIN)/python -m pytest -q
 BACKEND ?= numpy
 DEVICE ?= cpu
 
-.PHONY: help install test lint test-core demo conformance clean
+.PHONY: help install test lint test-core test-jax test-keras demo conformance conformance-ci clean
 
 help:
 	@echo "make demo    run the demonstration (creates $(VENV) on first use)"
@@ -34,13 +34,31 @@ lint: $(STAMP)
 test-core: $(STAMP)
 	$(PYTEST) tests/core
 
-test: lint test-core
+test-jax: $(STAMP)
+	$(PYTEST) tests/jax
+
+# One process per Keras backend: KERAS_BACKEND is read once, at the first import of keras.
+test-keras: $(STAMP)
+	for b in tensorflow jax torch; do KERAS_BACKEND=$$b $(PYTEST) tests/keras || exit 1; done
+
+test: lint test-core conformance-ci test-jax test-keras
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 conformance: $(STAMP)
 	$(PYTEST) conformance --backend=$(BACKEND) --device=$(DEVICE)
+
+# The ci profile over every CPU backend, each in its own process (keras reads KERAS_BACKEND
+# once). The numpy run also holds the mutation self-test and the strategies' tests.
+CONFORMANCE_BACKENDS := numpy official pytorch-optimizer torch jax keras-tensorflow keras-jax keras-torch
+conformance-ci: $(STAMP)
+	@failed=""; for b in $(CONFORMANCE_BACKENDS); do \
+	  echo "== conformance ci: $$b"; \
+	  $(PYTEST) conformance --backend=$$b --hypothesis-profile=ci -p no:cacheprovider \
+	    || failed="$$failed $$b"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "conformance failed for:$$failed"; exit 1; fi
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .hypothesis

@@ -66,15 +66,18 @@ def _sums(a, b, axis):
 
 
 def _project_static(p, g, u, eps, delta, wd_ratio, axis):
-    gp, gg, pp, pu = _sums(g, p, axis), _sums(g, g, axis), _sums(p, p, axis), _sums(p, u, axis)
+    # The barrier keeps XLA from rewriting the layer sums (sums of these) into second full-size
+    # reductions, which would read every array twice more.
+    gp, gg, pp, pu = jax.lax.optimization_barrier(
+        (_sums(g, p, axis), _sums(g, g, axis), _sums(p, p, axis), _sums(p, u, axis))
+    )
     view, pp_l = _decide(gp, gg, pp, p.shape, axis, eps, delta)
-    # P4 with p_hat = p / (|p| + eps) over the fired view's rows; <p_hat, u> = <p, u> / (|p| + eps)
-    # because the denominator is constant on a row. Both branches are finite: |p| + eps > 0.
+    # P4 with p_hat = p / (|p| + eps) over the fired view's rows, where |p| + eps is constant:
+    # p_hat <p_hat, u> = p * <p, u> / (|p| + eps)^2. Both branches are finite: |p| + eps > 0.
     denom = jnp.where(view == CHANNEL, _norm(pp) + eps, _norm(pp_l) + eps)
-    dot = jnp.where(view == CHANNEL, pu, jnp.sum(pu)) / denom
-    p_hat = p / denom
+    coef = jnp.where(view == CHANNEL, pu, jnp.sum(pu)) / (denom * denom)
     fired = view != NONE
-    u = jnp.where(fired, u - p_hat * dot, u)
+    u = jnp.where(fired, u - p * coef, u)
     r = jnp.where(fired, wd_ratio, 1.0)  # P5
     return u, r, view
 

@@ -1,0 +1,27 @@
+"""Sharded parameters on a 2-device CPU mesh give the unsharded result.
+
+The device count is an XLA flag read once, when jax starts, so the check runs in a fresh
+Python process (``_sharded_check.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import adamp_jax
+
+
+def test_two_device_mesh_gives_the_unsharded_result():
+    script = Path(__file__).with_name("_sharded_check.py")
+    backends = str(Path(adamp_jax.__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
+    path = [root, backends, os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    out = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "sharded == unsharded" in out.stdout
