@@ -13,7 +13,7 @@ PYTEST := $(BIN)/python -m pytest -q
 BACKEND ?= numpy
 DEVICE ?= cpu
 
-.PHONY: help install test lint test-core test-jax test-keras demo conformance conformance-ci clean
+.PHONY: help install test lint test-core test-jax test-keras test-docs demo conformance conformance-ci clean
 
 help:
 	@echo "make demo    run the demonstration (creates $(VENV) on first use)"
@@ -41,7 +41,11 @@ test-jax: $(STAMP)
 test-keras: $(STAMP)
 	for b in tensorflow jax torch; do KERAS_BACKEND=$$b $(PYTEST) tests/keras || exit 1; done
 
-test: lint test-core conformance-ci test-jax test-keras
+# The docs' ```python blocks (every docs/*.md page) and the demonstration's own checks.
+test-docs: $(STAMP)
+	$(PYTEST) tests/docs
+
+test: lint test-core conformance-ci test-jax test-keras test-docs
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py

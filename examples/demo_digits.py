@@ -6,9 +6,10 @@ the optax adapter in ``demo_digits_jax`` and the Keras adapter in ``demo_digits_
 Per epoch: test accuracy, mean norm of the conv filters (one row per output channel, the unit
 that BatchNorm makes scale-invariant) and their effective step size ``lr / |w_i|^2`` (``lr`` the
 base learning rate; the schedule scales every optimizer's step alike). Per
-weight: the share of steps on which the projection fired, computed with ``adamp_core.decide``
-on the weight before the step and its gradient, which is exactly the adapter's decision (the
-decision depends on those two alone, P1-P3).
+weight: the share of steps on which the projection fired, from the adapter's own counter
+(``adamp_torch.ViewCounter``, ``adamp_jax.decide``, ``adamp_keras`` ``track_projection``), or,
+where an adapter offers none, from ``adamp_core.decide`` on the weight before the step and its
+gradient, which is the same decision (it depends on those two alone, P1-P3).
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def train_torch(
     ytr, yte = torch.from_numpy(data.y_train), torch.from_numpy(data.y_test)
     order, per_epoch = batches(len(ytr), steps, seed)
     tally = Tally(list(weights))
+    # The adapter's own on-device counter when it offers one; else the reference's decision.
+    counter = mod.ViewCounter(opt) if name in PROJECTED and hasattr(mod, "ViewCounter") else None
     acc, fnorm, eff = [], [], []
 
     def record():
@@ -168,7 +171,7 @@ def train_torch(
         i = torch.from_numpy(idx)
         opt.zero_grad()
         nn.functional.cross_entropy(model(xtr[i]), ytr[i]).backward()
-        if name in PROJECTED:
+        if name in PROJECTED and counter is None:
             tally.add({k: (w.detach().numpy(), w.grad.numpy()) for k, w in weights.items()}, 0)
         opt.step()
         sched.step()
@@ -176,6 +179,10 @@ def train_torch(
             record()
         if progress is not None:
             progress(1)
+    if counter is not None:
+        counts = counter.counts(weights)
+        tally.steps = steps
+        tally.views = {k: {"channel": c["channel"], "layer": c["layer"]} for k, c in counts.items()}
     shares = tally.shares() if name in PROJECTED else {}
     return Result(name, seed, acc, fnorm, eff, shares, tally.views if name in PROJECTED else {})
 

@@ -146,8 +146,15 @@ def run_keras(mod, cfg: Config, steps: int = STEPS) -> np.ndarray:
     import keras
 
     var = keras.Variable(W0, dtype="float64")
-    opt = mod.SGDP(learning_rate=LR, momentum=cfg.momentum, delta=cfg.delta, channel_axis=0)
-    opt.build([var])
+    # Keras keeps the learning rate in a variable of dtype floatx (float32 by default), which
+    # would step with 0.01 rounded to float32: build the optimizer under float64, as jax's x64.
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        opt = mod.SGDP(learning_rate=LR, momentum=cfg.momentum, delta=cfg.delta, channel_axis=0)
+        opt.build([var])
+    finally:
+        keras.config.set_floatx(floatx)
 
     def apply(g):
         opt.apply([g], [var])
