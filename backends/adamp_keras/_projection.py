@@ -1,0 +1,242 @@
+"""The projection Pi (P1-P5) in ``keras.ops``, and what AdamP and SGDP share in Keras.
+
+The decision is taken with tensor ops (``ops.where`` on a 0-d boolean), never in Python, so the
+step traces once under ``tf.function``, XLA and ``jax.jit`` and needs no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import keras
+from keras import ops
+
+from adamp_core import check_channel_axis, validate_hyperparameters
+
+ChannelAxis = int | Mapping[str, int] | Callable[[Any], int]
+
+_HALF = ("float16", "bfloat16")
+
+
+def compute_dtype(dtype: Any) -> str:
+    """D9: float64 stays float64; float32, float16 and bfloat16 are computed in float32."""
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
+
+
+def bias_correction(beta: float, t, dtype: str):
+    """``1 - beta^t``, computed as ``-expm1(t log beta)`` with ``log beta`` taken in float64.
+
+    Casting ``beta = 0.999`` to float32 first (as ``1 - ops.power(beta, t)`` does) puts a
+    relative error of about 1e-5 into ``1 - beta`` at t = 1; this form keeps about 1e-7 in float32
+    and agrees with the reference's float64 ``1 - beta**t`` to a few ulps.
+    """
+    log_beta = math.log(beta) if beta > 0 else -math.inf
+    # ops.cast would round a Python float through float32 first; convert_to_tensor does not.
+    return -ops.expm1(ops.cast(t, dtype) * ops.convert_to_tensor(log_beta, dtype=dtype))
+
+
+def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float):
+    """(P1)-(P5) on one eligible parameter (ndim >= 2, non-empty), all tensors in one dtype.
+
+    The channel view reduces over every axis but ``axis`` (no transpose); the layer view sums the
+    per-channel sums. (P4) is applied as ``u - p * c`` with ``c = <p, u> / (|p| + eps)^2`` per
+    row, which equals ``u - p_hat <p_hat, u>``; one ``ops.where`` picks the coefficient of the
+    view that fired (channel first, D3), or 0.
+
+    Returns:
+      ``(u, r, fired_channel, fired_layer)``; the flags are 0-d booleans.
+    """
+    shape = tuple(p.shape)
+    others = tuple(a for a in range(len(shape)) if a != axis)
+    n_layer = math.prod(shape)
+    n_channel = n_layer // shape[axis]
+
+    def row_sum(x):
+        return ops.sum(x, axis=others, keepdims=True)
+
+    gp, gg, pp = row_sum(g * p), row_sum(g * g), row_sum(p * p)
+    gp_l, gg_l, pp_l = ops.sum(gp), ops.sum(gg), ops.sum(pp)
+
+    def cosine(gp, gg, pp):  # (P2), D1, D2
+        return ops.abs(gp) / (ops.maximum(ops.sqrt(gg), eps) * ops.maximum(ops.sqrt(pp), eps))
+
+    fired_c = ops.max(cosine(gp, gg, pp)) < delta / math.sqrt(n_channel)  # P3, channel view
+    fired_l = ops.logical_and(  # P3, layer view, tried only if the channel view did not fire
+        ops.logical_not(fired_c), cosine(gp_l, gg_l, pp_l) < delta / math.sqrt(n_layer)
+    )
+    pu = row_sum(p * u)
+    coef_c = pu / ops.square(ops.sqrt(pp) + eps)  # P4 on channel rows
+    coef_l = ops.sum(pu) / ops.square(ops.sqrt(pp_l) + eps)  # P4 on the whole tensor
+    coef = ops.where(fired_c, coef_c, ops.where(fired_l, coef_l, ops.zeros_like(coef_l)))
+    u = u - p * coef
+    fired = ops.logical_or(fired_c, fired_l)
+    one = ops.ones((), dtype=u.dtype)
+    r = ops.where(fired, ops.convert_to_tensor(wd_ratio, dtype=u.dtype), one)  # P5
+    return u, r, fired_c, fired_l
+
+
+def lookup_path(mapping: Mapping[str, int], path: str) -> int | None:
+    """The entry of the longest key that is ``path`` or a ``/``-suffix of it, else None.
+
+    A model loaded with ``keras.saving.load_model`` may name ``sequential/dense/kernel`` as
+    ``dense/kernel``, so ``channel_axes`` writes paths relative to the model and the lookup
+    accepts any prefix in front of them.
+    """
+    parts = path.split("/")
+    for k in range(len(parts)):
+        key = "/".join(parts[k:])
+        if key in mapping:
+            return mapping[key]
+    return None
+
+
+class ProjectedOptimizer(keras.optimizers.Optimizer):
+    """What AdamP and SGDP share: channel axes, their own weight decay, projection counters."""
+
+    def __init__(
+        self,
+        learning_rate,
+        *,
+        names: Mapping[str, str],
+        hyperparameters: Mapping[str, Any],
+        weight_decay: float | None,
+        channel_axis: ChannelAxis,
+        track_projection: bool,
+        **kwargs,
+    ):
+        weight_decay = 0.0 if weight_decay is None else weight_decay  # Keras' "no decay"
+        validate_hyperparameters(
+            names=names,
+            lr=None if callable(learning_rate) else learning_rate,  # schedules are not checked
+            weight_decay=weight_decay,
+            **hyperparameters,
+        )
+        if isinstance(channel_axis, bool) or not (
+            isinstance(channel_axis, int | Mapping) or callable(channel_axis)
+        ):
+            raise ValueError(
+                "channel_axis must be an int, a mapping from variable path to int (as returned "
+                f"by channel_axes(model)), or a callable on the variable (got {channel_axis!r})"
+            )
+        if not isinstance(track_projection, bool):
+            raise ValueError(f"track_projection must be True or False (got {track_projection!r})")
+        # The base class would decay every variable by lr * wd before the step; AdamP and SGDP
+        # decay by lr * wd * r (A7, S4): see _apply_weight_decay below.
+        super().__init__(learning_rate=learning_rate, weight_decay=float(weight_decay), **kwargs)
+        self.channel_axis = channel_axis
+        self.track_projection = track_projection
+
+    def _apply_weight_decay(self, variables):
+        """Disabled: the decay is applied inside ``update_step`` with the factor r (A7, S4).
+
+        ``exclude_from_weight_decay`` still applies, through ``_use_weight_decay``.
+        """
+
+    def _resolve_axis(self, variable) -> int | None:
+        """The channel axis of one model variable (None when it is never projected, D4)."""
+        spec = self.channel_axis
+        if isinstance(spec, Mapping):
+            path = getattr(variable, "path", variable.name)
+            axis = lookup_path(spec, path)
+            if axis is None and len(variable.shape) < 2:
+                return None  # D4: never projected, needs no entry
+            if axis is None:
+                raise ValueError(
+                    f"channel_axis mapping has no entry for variable {path!r}: pass "
+                    "channel_axes(model) of the model whose variables are trained"
+                )
+        elif callable(spec):
+            axis = spec(variable)
+        else:
+            axis = spec
+        axis = check_channel_axis(axis, tuple(variable.shape))
+        if axis is None or math.prod(variable.shape) == 0:
+            return None
+        return axis
+
+    def _state_variable(self, variable, name: str):
+        """A zero state variable for ``variable``, in float32 for half-precision variables (D9)."""
+        if keras.backend.standardize_dtype(variable.dtype) in _HALF:
+            path = getattr(variable, "path", variable.name).replace("/", "_")
+            return self.add_variable(variable.shape, dtype="float32", name=f"{path}_{name}")
+        return self.add_variable_from_reference(variable, name=name)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._axes = [self._resolve_axis(v) for v in variables]
+        self._projection_counts = [
+            self.add_variable((2,), dtype="int32", name="projection_counts")
+            if self.track_projection and axis is not None
+            else None
+            for axis in self._axes
+        ]
+
+    def _begin(self, gradient, variable, learning_rate):
+        """``(i, lr, p, g)`` in the compute dtype (D9), or None for a zero-size variable (D4)."""
+        if 0 in tuple(variable.shape):
+            return None
+        i = self._get_variable_index(variable)
+        dt = compute_dtype(variable.dtype)
+        return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), ops.cast(gradient, dt)
+
+    def _project(self, i: int, p, g, u):
+        """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires."""
+        axis = self._axes[i]
+        if axis is None:  # D4: ndim <= 1
+            return u, 1.0
+        u, r, fired_c, fired_l = project(
+            p, g, u, axis=axis, delta=self.delta, wd_ratio=self.wd_ratio, eps=self.epsilon
+        )
+        counts = self._projection_counts[i]
+        if counts is not None:
+            self.assign_add(counts, ops.cast(ops.stack([fired_c, fired_l]), "int32"))
+        return u, r
+
+    def _decays(self, i: int) -> bool:
+        """Whether weight decay applies to variable ``i`` (``exclude_from_weight_decay``)."""
+        return bool(self.weight_decay) and self._use_weight_decay(self._trainable_variables[i])
+
+    def projection_counts(self) -> dict[str, tuple[int, int]]:
+        """Per variable path: ``(channel, layer)``, the number of steps in which each view fired.
+
+        Needs ``track_projection=True``; variables that are never tested (ndim <= 1) are absent.
+        Divide by ``int(optimizer.iterations)`` for the share of steps that were projected.
+        """
+        if not self.track_projection:
+            raise ValueError(
+                "projection_counts() needs the optimizer built with track_projection=True"
+            )
+        if not self.built:
+            return {}
+        out = {}
+        for v, counts in zip(self._trainable_variables, self._projection_counts, strict=True):
+            if counts is not None:
+                c, layer = (int(x) for x in keras.ops.convert_to_numpy(counts))
+                out[getattr(v, "path", v.name)] = (c, layer)
+        return out
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        axis = self.channel_axis
+        if isinstance(axis, Mapping):
+            axis = dict(axis)
+        elif callable(axis):  # must be registered with keras.saving.register_keras_serializable
+            axis = keras.saving.serialize_keras_object(axis)
+        config.update({"channel_axis": axis, "track_projection": self.track_projection})
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        axis = config.get("channel_axis")
+        if isinstance(axis, dict) and "class_name" in axis:  # a serialized callable
+            config = {
+                **config,
+                "channel_axis": keras.saving.deserialize_keras_object(
+                    axis, custom_objects=custom_objects
+                ),
+            }
+        return super().from_config(config, custom_objects=custom_objects)

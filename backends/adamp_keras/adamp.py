@@ -1,0 +1,130 @@
+"""AdamP (A1-A8) as a Keras 3 optimizer, in ``keras.ops`` only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from adamp_keras._projection import ChannelAxis, ProjectedOptimizer, bias_correction
+
+KERAS_NAMES = {"lr": "learning_rate", "betas[0]": "beta_1", "betas[1]": "beta_2", "eps": "epsilon"}
+
+
+@keras.saving.register_keras_serializable(package="adamp_keras")
+class AdamP(ProjectedOptimizer):
+    r"""AdamP: Adam whose update loses its radial part on scale-invariant weights.
+
+    The update is Adam's ``m / (sqrt(v) / sqrt(1 - b2^t) + eps)`` (A2-A5). For a kernel
+    (``ndim >= 2``) whose gradient is nearly orthogonal to it, row by row along
+    ``channel_axis`` or as a whole, the radial component of that update is removed and the
+    weight decay shrinks by ``wd_ratio`` (A6, A7). See ``adamp_core`` for the equations and the
+    decisions D1-D9 that this class follows.
+
+    Args:
+      learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a
+        callable without arguments.
+      beta_1, beta_2: decay rates of the moments, in ``[0, 1)``.
+      epsilon: added after bias correction (D5). The paper's 1e-8, not Keras' 1e-7.
+      weight_decay: decoupled multiplicative decay, ``p <- p (1 - lr wd r)`` (A7, D7); it is
+        AdamP's own, not the base class's, and honours ``exclude_from_weight_decay``.
+      delta: threshold constant of the detection (P3); 0 never projects.
+      wd_ratio: the factor r applied to the decay on projected steps (P5).
+      nesterov: use ``b1 m + (1 - b1) g`` as the numerator (A5).
+      channel_axis: output-channel axis of the kernels (D3). An int (Keras kernels are
+        ``(..., in, out)``, hence -1), a mapping from variable path to axis as returned by
+        ``channel_axes(model)`` (transposed convolutions need -2), or a callable on the variable.
+      track_projection: count, per variable, the steps in which each view fired; read them
+        with ``projection_counts()``.
+      name: the optimizer's name.
+      **kwargs: the base-class options (``clipnorm``, ``clipvalue``, ``global_clipnorm``,
+        ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
+        ``gradient_accumulation_steps``).
+
+    Examples:
+      >>> import keras
+      >>> from adamp_keras import AdamP, channel_axes
+      >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+      >>> model.compile(optimizer=AdamP(1e-3, channel_axis=channel_axes(model)), loss="mse")
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+      Weights", ICLR 2021, Algorithm 2.
+    """
+
+    def __init__(
+        self,
+        learning_rate=1e-3,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.0,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        nesterov: bool = False,
+        channel_axis: ChannelAxis = -1,
+        track_projection: bool = False,
+        name: str = "adamp",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            names=KERAS_NAMES,
+            hyperparameters=dict(
+                betas=(beta_1, beta_2),
+                eps=epsilon,
+                delta=delta,
+                wd_ratio=wd_ratio,
+                nesterov=nesterov,
+            ),
+            weight_decay=weight_decay,
+            channel_axis=channel_axis,
+            track_projection=track_projection,
+            name=name,
+            **kwargs,
+        )
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+        self.delta, self.wd_ratio, self.nesterov = float(delta), float(wd_ratio), bool(nesterov)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._exp_avg = [self._state_variable(v, "exp_avg") for v in variables]
+        self._exp_avg_sq = [self._state_variable(v, "exp_avg_sq") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        begun = self._begin(gradient, variable, learning_rate)
+        if begun is None:
+            return
+        i, lr, p, g = begun
+        b1, b2, eps, dt = self.beta_1, self.beta_2, self.epsilon, p.dtype
+        m_var, v_var = self._exp_avg[i], self._exp_avg_sq[i]
+
+        t = self.iterations + 1  # A1: Keras counts steps per optimizer, not per variable
+        m = m_var * b1 + (1 - b1) * g  # A2
+        v = v_var * b2 + (1 - b2) * (g * g)  # A3
+        den = ops.sqrt(v) / ops.sqrt(bias_correction(b2, t, dt)) + eps  # A4, D5
+        u = (b1 * m + (1 - b1) * g) / den if self.nesterov else m / den  # A5, D5: updated m
+        u, r = self._project(i, p, g, u)  # A6, D4
+        if self._decays(i):  # A7, D7: from the parameter before the step
+            p = p * (1 - lr * self.weight_decay * r)
+        p = p - (lr / bias_correction(b1, t, dt)) * u  # A8
+        self.assign(m_var, m)
+        self.assign(v_var, v)
+        self.assign(variable, ops.cast(p, variable.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "beta_1": self.beta_1,
+                "beta_2": self.beta_2,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "wd_ratio": self.wd_ratio,
+                "nesterov": self.nesterov,
+            }
+        )
+        return config

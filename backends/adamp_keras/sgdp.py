@@ -1,0 +1,129 @@
+"""SGDP (S1-S6) as a Keras 3 optimizer, in ``keras.ops`` only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from adamp_keras._projection import ChannelAxis, ProjectedOptimizer
+
+KERAS_NAMES = {"lr": "learning_rate", "eps": "epsilon"}
+
+
+@keras.saving.register_keras_serializable(package="adamp_keras")
+class SGDP(ProjectedOptimizer):
+    r"""SGDP: SGD with momentum whose update loses its radial part on scale-invariant weights.
+
+    The direction is the momentum buffer ``b = mu b + (1 - dampening) g`` (or ``g + mu b`` with
+    nesterov), projected as in AdamP (S3); the decay is divided by ``1 - momentum`` as in the
+    official code (S4, D7). See ``adamp_core`` for the equations and decisions D1-D9.
+
+    Args:
+      learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a
+        callable without arguments.
+      momentum: in ``[0, 1)``; the buffer starts at zero (official), so the first step is
+        ``(1 - dampening) g``. With 0 no buffer is stored.
+      dampening: in ``[0, 1]``.
+      weight_decay: ``p <- p (1 - lr wd r / (1 - momentum))`` (S4); SGDP's own, not the base
+        class's, and honours ``exclude_from_weight_decay``.
+      nesterov: ``u = g + mu b``; needs ``momentum > 0`` and ``dampening == 0``.
+      epsilon, delta, wd_ratio: of the projection (P2)-(P5).
+      project_buffer: store the projected direction as the buffer, as the official code does
+        when nesterov is off (D6). False follows the paper.
+      channel_axis: output-channel axis of the kernels (D3): an int (-1 for Keras kernels), a
+        mapping from variable path to axis as returned by ``channel_axes(model)``, or a callable
+        on the variable.
+      track_projection: count, per variable, the steps in which each view fired; read them
+        with ``projection_counts()``.
+      name: the optimizer's name.
+      **kwargs: the base-class options (``clipnorm``, ``clipvalue``, ``global_clipnorm``,
+        ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
+        ``gradient_accumulation_steps``).
+
+    References:
+      Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
+      Weights", ICLR 2021, Algorithm 1.
+    """
+
+    def __init__(
+        self,
+        learning_rate=0.01,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        epsilon: float = 1e-8,
+        delta: float = 0.1,
+        wd_ratio: float = 0.1,
+        project_buffer: bool = False,
+        channel_axis: ChannelAxis = -1,
+        track_projection: bool = False,
+        name: str = "sgdp",
+        **kwargs,
+    ):
+        super().__init__(
+            learning_rate=learning_rate,
+            names=KERAS_NAMES,
+            hyperparameters=dict(
+                momentum=momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                eps=epsilon,
+                delta=delta,
+                wd_ratio=wd_ratio,
+                project_buffer=project_buffer,
+            ),
+            weight_decay=weight_decay,
+            channel_axis=channel_axis,
+            track_projection=track_projection,
+            name=name,
+            **kwargs,
+        )
+        self.momentum, self.dampening = float(momentum), float(dampening)
+        self.nesterov, self.project_buffer = bool(nesterov), bool(project_buffer)
+        self.epsilon, self.delta, self.wd_ratio = float(epsilon), float(delta), float(wd_ratio)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        if self.momentum != 0:
+            self._momentum_buffer = [self._state_variable(v, "momentum_buffer") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        begun = self._begin(gradient, variable, learning_rate)
+        if begun is None:
+            return
+        i, lr, p, g = begun
+        mu = self.momentum
+
+        if mu != 0:
+            b = self._momentum_buffer[i] * mu + (1 - self.dampening) * g  # S1
+        else:  # S1 with a zero buffer: mu * b vanishes, nothing is stored
+            b = (1 - self.dampening) * g
+        u = g + mu * b if self.nesterov else b  # S2
+        u, r = self._project(i, p, g, u)  # S3, D4
+        if self._decays(i):  # S4, D7: official divides by (1 - momentum)
+            p = p * (1 - lr * self.weight_decay * r / (1 - mu))
+        p = p - lr * u  # S5
+        if mu != 0:  # S6, D6
+            stored = u if self.project_buffer and not self.nesterov else b
+            self.assign(self._momentum_buffer[i], stored)
+        self.assign(variable, ops.cast(p, variable.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            {
+                "momentum": self.momentum,
+                "dampening": self.dampening,
+                "nesterov": self.nesterov,
+                "epsilon": self.epsilon,
+                "delta": self.delta,
+                "wd_ratio": self.wd_ratio,
+                "project_buffer": self.project_buffer,
+            }
+        )
+        return config
