@@ -246,7 +246,9 @@ def part_digits(args, bar, adapters) -> dict:
         f"{len(data.y_test)} test images), backend {args.backend}, {args.steps} steps of "
         f"{demo_digits.BATCH}, {args.schedule} learning rate, seeds 0..{args.seeds - 1} =="
     )
-    say("hyperparameters: " + "; ".join(f"{k} {v}" for k, v in demo_digits.OPTIMIZERS.items()))
+    for base, proj in (("SGD", "SGDP"), ("AdamW", "AdamP")):
+        hp = ", ".join(f"{k} {v:g}" for k, v in demo_digits.OPTIMIZERS[base].items())
+        say(f"{base} and {proj}: {hp}")
     adapter = {"torch": "adamp_torch", "jax": "adamp_jax", "keras": "adamp_keras"}[args.backend]
     loaded = adapters[adapter]
     if args.backend == "torch":
@@ -377,8 +379,8 @@ def print_summary(s: dict) -> None:
         o = s["digits"]["optimizers"]
         for base, proj in (("SGD", "SGDP"), ("AdamW", "AdamP")):
             cells = [
-                f"{n}: acc {np.mean(o[n]['final_accuracy']):.4f}, "
-                f"filter norm {o[n]['filter_norm']:.2f}"
+                f"{n}: acc {np.mean(o[n]['final_accuracy']):.4f} +- "
+                f"{np.std(o[n]['final_accuracy']):.4f}, filter norm {o[n]['filter_norm']:.2f}"
                 if n in o
                 else f"{n}: not run"
                 for n in (base, proj)
