@@ -1,0 +1,158 @@
+"""Drivers: the only framework-aware code of the suite.
+
+A driver runs one implementation on NumPy inputs and hands back NumPy outputs. The suite needs
+nothing else from a framework. To test an implementation we have never seen, write a class with
+the attributes and methods of ``Driver`` and pass ``--backend=module:attribute``
+(``docs/conformance.md``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class ProblemGroup:
+    """A param group: hyperparameters (reference spelling), channel axis, parameter indices."""
+
+    hyperparams: dict[str, Any]
+    channel_axis: int
+    indices: tuple[int, ...]
+
+
+@dataclass
+class Problem:
+    """What a driver runs.
+
+    Attributes:
+      optimizer: ``"adamp"`` or ``"sgdp"``.
+      dtype: name of the parameters' dtype (``float64``, ``float32``, ``float16``, ``bfloat16``).
+      params: initial values, NumPy arrays of that dtype (bfloat16: ``ml_dtypes.bfloat16``).
+        The driver must not write them.
+      grads: ``grads[k][i]``: gradient of parameter i at step k, same dtype and shape.
+      groups: param groups; every parameter is in exactly one.
+      layouts: per parameter, ``"contiguous"`` or ``"strided"`` (see ``Driver.strided``).
+    """
+
+    optimizer: str
+    dtype: str
+    params: list[np.ndarray]
+    grads: list[list[np.ndarray]]
+    groups: list[ProblemGroup]
+    layouts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Output:
+    """One parameter after one step, normalised.
+
+    Attributes:
+      param: its value (NumPy, any float dtype).
+      state: AdamP ``{"step": int, "exp_avg": array, "exp_avg_sq": array}``;
+        SGDP ``{"momentum_buffer": array}``.
+      grad: the gradient as the framework holds it after the step (a copy), or None where the
+        framework keeps no gradient object (the suite then checks the NumPy input only).
+    """
+
+    param: np.ndarray
+    state: dict[str, Any]
+    grad: np.ndarray | None = None
+
+
+class Driver:
+    """The interface. Subclass it or provide the same attributes and methods.
+
+    Attributes:
+      name: printed in the header and the report.
+      version: the implementation's version string.
+      default_channel_axis: the output-channel axis of the framework's weight layout (D3).
+      channel_axes: the channel axes it accepts, or None for any valid axis.
+      strided: whether it holds non-contiguous parameters (``Problem.layouts``).
+      names: reference argument name -> the implementation's spelling (error messages), e.g.
+        ``{"eps": "epsilon", "beta1": "beta_1"}``.
+      ci_max_examples: optional cap on examples per test under the ci profile, for frameworks
+        whose every new shape costs a compilation.
+    """
+
+    name = "driver"
+    version = "?"
+    default_channel_axis = 0
+    channel_axes: tuple[int, ...] | None = None
+    strided = False
+    names: dict[str, str] = {}  # noqa: RUF012 (read-only by convention)
+    ci_max_examples: int | None = None
+    device = "cpu"
+
+    def setup(self, device: str) -> None:
+        """Prepares ``device`` (``"cpu"`` or ``"gpu"``); raises RuntimeError if unavailable."""
+        if device != "cpu":
+            raise RuntimeError(f"{self.name} runs on cpu only (asked for {device!r})")
+        self.device = device
+
+    def dtypes(self) -> tuple[str, ...]:
+        """The parameter dtypes supported on the device chosen in ``setup``."""
+        return ("float64", "float32")
+
+    def run(self, problem: Problem) -> list[list[Output]]:
+        """Runs every step of ``problem``; returns ``outputs[k][i]`` after step k."""
+        raise NotImplementedError
+
+    def construct(self, optimizer: str, hyperparams: dict[str, Any]) -> None:
+        """Builds the optimizer with ``hyperparams`` and runs one step on a small parameter.
+
+        Must raise ValueError naming the argument for an invalid value.
+        """
+        raise NotImplementedError
+
+
+# name -> "module:attribute" of the driver class. Keras drivers need KERAS_BACKEND set before
+# keras is imported, so each keras backend runs in its own pytest process.
+BACKENDS: dict[str, str] = {
+    "numpy": "conformance.drivers.numpy_driver:NumpyDriver",
+    "official": "conformance.drivers.official_driver:OfficialDriver",
+    "pytorch-optimizer": "conformance.drivers.pytorch_optimizer_driver:PytorchOptimizerDriver",
+    "torch": "conformance.drivers.torch_driver:TorchDriver",
+    "jax": "conformance.drivers.jax_driver:JaxDriver",
+    "keras-tensorflow": "conformance.drivers.keras_driver:KerasTensorflowDriver",
+    "keras-jax": "conformance.drivers.keras_driver:KerasJaxDriver",
+    "keras-torch": "conformance.drivers.keras_driver:KerasTorchDriver",
+}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of ``name``; bfloat16 comes from ``ml_dtypes`` (installed with JAX)."""
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def has_bfloat16() -> bool:
+    """Whether NumPy arrays of bfloat16 can be made here (``ml_dtypes`` importable)."""
+    return importlib.util.find_spec("ml_dtypes") is not None
+
+
+class BackendError(Exception):
+    """An unknown backend, one that does not import, or a device it does not have."""
+
+
+def load(name: str | None) -> Driver:
+    """Returns a driver instance for ``name`` (a key of BACKENDS or ``module:attribute``)."""
+    choices = ", ".join(BACKENDS) + ", or module:attribute"
+    if not name:
+        raise BackendError(f"--backend is required; choose one of: {choices}")
+    target = BACKENDS.get(name, name if ":" in name else None)
+    if target is None:
+        raise BackendError(f"unknown backend {name!r}; choose one of: {choices}")
+    module_name, _, attr = target.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+        return obj() if isinstance(obj, type) else obj
+    except Exception as e:  # an ImportError, or the framework failing to initialise
+        raise BackendError(f"backend {name!r} ({target}) does not load: {e!r}") from e

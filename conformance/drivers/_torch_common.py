@@ -1,0 +1,128 @@
+"""What the three PyTorch drivers share: tensors in and out, param groups, state keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from conformance.drivers import Driver, Output, Problem, numpy_dtype
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class TorchDriverBase(Driver):
+    """A ``torch.optim.Optimizer`` subclass run on parameters built from the problem.
+
+    Subclasses set ``classes`` (``{"adamp": cls, "sgdp": cls}``) and ``translate``.
+    """
+
+    default_channel_axis = 0
+    strided = True
+
+    def optimizer_class(self, optimizer: str):
+        raise NotImplementedError
+
+    def translate(self, optimizer: str, hp: dict[str, Any], channel_axis: int) -> dict[str, Any]:
+        """Reference hyperparameters -> this class's keyword arguments (per param group)."""
+        raise NotImplementedError
+
+    def setup(self, device: str) -> None:
+        torch = _torch()
+        if device == "gpu":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"{self.name}: torch {torch.__version__} sees no CUDA device")
+            torch.backends.cuda.matmul.allow_tf32 = False  # TF32 off: float32 means float32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.set_float32_matmul_precision("highest")
+            self.device_name = torch.cuda.get_device_name(0)
+        self.device = device
+        self.torch_device = torch.device("cuda" if device == "gpu" else "cpu")
+
+    def dtypes(self) -> tuple[str, ...]:
+        if self.device == "gpu":  # the gpu profile: float32 and bfloat16, float64 as a check
+            return ("float64", "float32", "bfloat16")
+        return ("float64", "float32", "float16", "bfloat16")
+
+    # -- conversions --------------------------------------------------------------------------
+
+    def tensor(self, x: np.ndarray, layout: str = "contiguous"):
+        torch = _torch()
+        dtype = getattr(torch, x.dtype.name)
+        src = torch.from_numpy(np.array(x, dtype=np.float64, order="C"))  # 0-D stays 0-D
+        if layout == "strided" and x.ndim >= 2:
+            if x.ndim == 4:
+                t = torch.empty(x.shape, dtype=dtype, device=self.torch_device).to(
+                    memory_format=torch.channels_last
+                )
+            else:  # reversed strides: a transposed tensor with the same logical shape
+                t = torch.empty(x.shape[::-1], dtype=dtype, device=self.torch_device)
+                t = t.permute(*reversed(range(x.ndim)))
+            t.copy_(src)
+            return t
+        return src.to(device=self.torch_device, dtype=dtype)
+
+    @staticmethod
+    def array(t, dtype: str | None = None) -> np.ndarray:
+        a = t.detach().cpu().to(_torch().float64).numpy().copy()
+        return a.astype(numpy_dtype(dtype)) if dtype else a
+
+    # -- running ------------------------------------------------------------------------------
+
+    def read_state(self, optimizer: str, opt, group: dict, p) -> dict[str, Any]:
+        state = opt.state[p]
+        if optimizer == "adamp":
+            step = state.get("step", group.get("step"))
+            return {
+                "step": int(step.item() if hasattr(step, "item") else step),
+                "exp_avg": self.array(state["exp_avg"]),
+                "exp_avg_sq": self.array(state["exp_avg_sq"]),
+            }
+        buf = state["momentum"] if "momentum" in state else state["momentum_buffer"]
+        return {"momentum_buffer": self.array(buf)}
+
+    def run(self, problem: Problem) -> list[list[Output]]:
+        torch = _torch()
+        layouts = problem.layouts or ["contiguous"] * len(problem.params)
+        params = [
+            torch.nn.Parameter(self.tensor(p, layout))
+            for p, layout in zip(problem.params, layouts, strict=True)
+        ]
+        groups = [
+            {
+                "params": [params[i] for i in g.indices],
+                **self.translate(problem.optimizer, g.hyperparams, g.channel_axis),
+            }
+            for g in problem.groups
+        ]
+        cls = self.optimizer_class(problem.optimizer)
+        opt = cls(groups, lr=groups[0]["lr"])  # SGDP has no default lr
+        owner = {i: opt.param_groups[gi] for gi, g in enumerate(problem.groups) for i in g.indices}
+        out = []
+        for grads in problem.grads:
+            for p, g, layout in zip(params, grads, layouts, strict=True):
+                p.grad = self.tensor(g, layout)
+            opt.step()
+            out.append(
+                [
+                    Output(
+                        self.array(p),
+                        self.read_state(problem.optimizer, opt, owner[i], p),
+                        self.array(p.grad),
+                    )
+                    for i, p in enumerate(params)
+                ]
+            )
+        return out
+
+    def construct(self, optimizer: str, hyperparams: dict[str, Any]) -> None:
+        torch = _torch()
+        p = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
+        kwargs = self.translate(optimizer, hyperparams, 0)
+        opt = self.optimizer_class(optimizer)([p], **kwargs)
+        p.grad = torch.ones_like(p)
+        opt.step()

@@ -1,0 +1,31 @@
+"""Parameters and state follow the float64 reference after every step (harness.check_case)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+
+from conformance.harness import check_case
+from conformance.report import RECORDER
+from conformance.strategies import SCENARIOS, cases
+
+
+@given(data=st.data())
+def test_trajectory(data, request: pytest.FixtureRequest, driver, backend, scenario, dtype):
+    sc = SCENARIOS[scenario]
+    case = data.draw(
+        cases(
+            sc,
+            dtype,
+            channel_axes=driver.channel_axes or (0, 1, -1, -2),
+            default_axis=driver.default_channel_axis,
+        ),
+        label="case",
+    )
+    stats = check_case(driver, backend, case)
+    for b in sorted(stats.branches):
+        event(f"reached {b}")
+    if stats.ties:
+        event("near-tie divergence")
+    RECORDER.add(request.node.nodeid, sc.optimizer, scenario, dtype, stats)
