@@ -13,7 +13,7 @@ PYTEST := $(BIN)/python -m pytest -q
 BACKEND ?= numpy
 DEVICE ?= cpu
 
-.PHONY: help install test lint test-core test-jax test-keras test-docs demo conformance conformance-ci clean
+.PHONY: help install test lint test-core test-torch test-jax test-keras test-docs demo conformance conformance-ci clean
 
 help:
 	@echo "make demo    run the demonstration (creates $(VENV) on first use)"
@@ -37,6 +37,9 @@ test-core: $(STAMP)
 test-jax: $(STAMP)
 	$(PYTEST) tests/jax
 
+test-torch: $(STAMP)
+	$(PYTEST) tests/torch
+
 # One process per Keras backend: KERAS_BACKEND is read once, at the first import of keras.
 test-keras: $(STAMP)
 	for b in tensorflow jax torch; do KERAS_BACKEND=$$b $(PYTEST) tests/keras || exit 1; done
@@ -45,7 +48,7 @@ test-keras: $(STAMP)
 test-docs: $(STAMP)
 	$(PYTEST) tests/docs
 
-test: lint test-core conformance-ci test-jax test-keras test-docs
+test: lint test-core conformance-ci test-jax test-torch test-keras test-docs
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
