@@ -8,9 +8,17 @@ the adapter's default ``channel_axis=-1`` (D3). Baselines: ``optax.sgd`` after
 from __future__ import annotations
 
 import numpy as np
-
-from demo_digits import DELTA, EPS, OPTIMIZERS, PROJECTED, Data, Result, Tally, batches
-from demo_digits import filter_stats
+from demo_digits import (
+    DELTA,
+    EPS,
+    OPTIMIZERS,
+    PROJECTED,
+    Data,
+    Result,
+    Tally,
+    batches,
+    filter_stats,
+)
 
 WEIGHTS = {
     "conv1": ("Conv_0", "kernel"),

@@ -10,7 +10,6 @@ Keras kernels are ``(kh, kw, in, out)`` and ``(in, out)``: the adapter's default
 from __future__ import annotations
 
 import numpy as np
-
 from demo_digits import OPTIMIZERS, PROJECTED, Data, Result, batches, filter_stats
 
 
