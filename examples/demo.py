@@ -313,11 +313,37 @@ def part_digits(args, bar, adapters) -> dict:
             rows,
         )
     )
+    say(per_epoch_table(results))
     path = args.out / f"digits_{args.backend}.png"
     demo_digits.plot(
         results, path, f"digits, {args.backend}, mean over {args.seeds} seeds (band: min-max)"
     )
     return {"optimizers": out, "picture": str(path)}
+
+
+def per_epoch_table(results: list) -> str:
+    """Per epoch, mean over seeds: test accuracy, filter norm |w_i|, effective step lr/|w_i|^2."""
+    names = [n for n in demo_digits.OPTIMIZERS if any(r.optimizer == n for r in results)]
+    mean = {
+        (n, f): np.mean([getattr(r, f) for r in results if r.optimizer == n], axis=0)
+        for n in names
+        for f in ("accuracy", "filter_norm", "effective_step")
+    }
+    header = ["epoch"] + [f"{n} {c}" for n in names for c in ("acc", "|w|", "step")]
+    rows = [
+        [str(e)]
+        + [
+            f"{v:{fmt}}"
+            for n in names
+            for v, fmt in zip(
+                (mean[n, "accuracy"][e], mean[n, "filter_norm"][e], mean[n, "effective_step"][e]),
+                (".3f", ".2f", ".2g"),
+                strict=True,
+            )
+        ]
+        for e in range(len(mean[names[0], "accuracy"]))
+    ]
+    return "per epoch, mean over seeds (epoch 0 = initial model):\n" + table(header, rows)
 
 
 def main(argv=None) -> int:
