@@ -1,0 +1,20 @@
+"""Runs every Python block of docs/jax.md, in order, in one namespace (STYLE.md: docs and code
+agree; where the docs show code, a test runs it)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "jax.md"
+
+
+def test_every_python_block_of_the_jax_page_runs():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    assert len(blocks) >= 5, "docs/jax.md lost its examples"
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)
+    # the last blocks left a restored state and per-leaf decisions behind
+    assert set(namespace["projected"]) == {"conv", "dense"}
+    assert len(namespace["restored"]) == len(namespace["opt_state"])
