@@ -5,6 +5,10 @@ matching tests into strict expected failures: if such a test passes, the run fai
 list has gone stale. An entry that matches no test this backend can have is reported as a
 warning (a typo, or a test that was renamed).
 
+Some deviations need particular inputs (the float16 cosine needs a zero gradient row with
+weight decay or momentum in play); the ci profile is derandomised, so whether its examples show
+them is fixed until the strategies change, and a strict xfail that starts passing says so.
+
 Every reason below was checked by running the suite, and by reading the target's source
 (PyPI ``adamp`` 0.3.0: ``adamp/adamp.py``, ``adamp/sgdp.py``; ``pytorch-optimizer`` 4.1.0:
 ``pytorch_optimizer/optimizer/adamp.py``, ``base/optimizer.py``).
@@ -17,10 +21,14 @@ _OFFICIAL_VIEW = (
     "(channels_last, transposed)"
 )
 _OFFICIAL_EMPTY = "D4: raises on zero-size parameters (max() of an empty cosine tensor)"
-_F16 = (
-    "D9: computes in float16 with float16 state: eps=1e-8 underflows to 0, so a zero gradient "
-    "row gives a NaN cosine and skips the projection, and g*g underflows, so Adam's "
-    "denominator collapses to eps"
+_F16_ADAMP = (
+    "D9: computes in float16 with float16 state: g*g overflows to inf for |g| > 256 and "
+    "eps = 1e-8 rounds to 0, so the step becomes inf, or 0/0 = NaN for a zero gradient"
+)
+_F16_COSINE = (
+    "D9: F.cosine_similarity in float16 returns NaN for a zero gradient row (its eps rounds "
+    "to 0), so no view fires where the reference's cos = 0 does (D4): r stays 1 and the "
+    "update is not projected"
 )
 
 KNOWN_DEVIATIONS: dict[str, dict[str, str]] = {
@@ -32,7 +40,8 @@ KNOWN_DEVIATIONS: dict[str, dict[str, str]] = {
         ),
         "test_trajectory[*-zero-size-*]": _OFFICIAL_EMPTY,
         "test_trajectory[*-strided-*]": _OFFICIAL_VIEW,
-        "test_trajectory[*-float16]": _F16,
+        "test_trajectory[adamp*-float16]": _F16_ADAMP,
+        "test_trajectory[sgdp-projected-buffer-float16]": _F16_COSINE,
         "test_rejects_invalid[*]": (
             "validates no hyperparameter: constructs and steps with any value (a negative weight "
             "decay is skipped by `if weight_decay > 0`)"
@@ -49,7 +58,7 @@ KNOWN_DEVIATIONS: dict[str, dict[str, str]] = {
         ),
         "test_trajectory[sgdp-zero-size-*]": _OFFICIAL_EMPTY,
         "test_trajectory[sgdp-strided-*]": _OFFICIAL_VIEW,
-        "test_trajectory[sgdp-*-float16]": _F16,
+        "test_trajectory[sgdp-paper-buffer-float16]": _F16_COSINE,
         "test_rejects_invalid[*-lr]": "raises NegativeLRError, not a ValueError; accepts nan",
         "test_rejects_invalid[*-eps]": "accepts eps = 0, nan and inf",
         "test_rejects_invalid[*-weight_decay]": "accepts nan and inf weight decay",

@@ -1,8 +1,9 @@
 """The report: one row per trajectory test (optimizer, scenario, dtype) of the backend run.
 
 Columns: examples run, share of examples reaching each branch of the projection (channel view,
-layer view, no projection), legitimate near-tie divergences, largest absolute and relative
-errors against the float64 reference, and the verdict pytest gave the test.
+layer view, no projection), comparisons ended by a legitimate near-tie divergence ("ties") or
+by a reference value outside the dtype's range ("ovfl", float16), largest absolute and
+relative errors against the float64 reference, and the verdict pytest gave the test.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Row:
     reached: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BRANCHES, 0))
     decisions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BRANCHES, 0))
     ties: int = 0
+    overflows: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
     verdict: str = "not run"
@@ -53,6 +55,7 @@ class Recorder:
         for b, n in stats.decisions.items():
             row.decisions[b] += n
         row.ties += stats.ties
+        row.overflows += stats.overflows
         row.max_abs = max(row.max_abs, stats.max_abs)
         row.max_rel = max(row.max_rel, stats.max_rel)
 
@@ -92,7 +95,7 @@ class Recorder:
     def table(self) -> list[str]:
         head = (
             f"{'backend':<18} {'optimizer':<6} {'scenario':<22} {'dtype':<9} {'device':<6} "
-            f"{'examples':>8} {'channel':>7} {'layer':>6} {'none':>5} {'ties':>4} "
+            f"{'examples':>8} {'channel':>7} {'layer':>6} {'none':>5} {'ties':>4} {'ovfl':>4} "
             f"{'max abs err':>11} {'max rel err':>11}  verdict"
         )
         lines = [head, "-" * len(head)]
@@ -101,6 +104,7 @@ class Recorder:
                 f"{self.backend:<18} {row.optimizer:<6} {row.scenario:<22} {row.dtype:<9} "
                 f"{self.device:<6} {row.examples:>8} {row.share('channel'):>7.0%} "
                 f"{row.share('layer'):>6.0%} {row.share('none'):>5.0%} {row.ties:>4} "
+                f"{row.overflows:>4} "
                 f"{row.max_abs:>11.2e} {row.max_rel:>11.2e}  {row.verdict}"
             )
         n, shares = self.coverage()

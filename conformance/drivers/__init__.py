@@ -133,6 +133,14 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+def float_dtypes(device: str) -> tuple[str, ...]:
+    """The dtypes a framework driver runs: all four on cpu; on gpu the gpu profile's float32 and
+    bfloat16, with float64 as a check."""
+    if device == "gpu":
+        return ("float64", "float32", "bfloat16")
+    return ("float64", "float32", "float16", "bfloat16")
+
+
 def has_bfloat16() -> bool:
     """Whether NumPy arrays of bfloat16 can be made here (``ml_dtypes`` importable)."""
     return importlib.util.find_spec("ml_dtypes") is not None

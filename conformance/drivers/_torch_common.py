@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.drivers import Driver, Output, Problem, numpy_dtype
+from conformance.drivers import Driver, Output, Problem, float_dtypes, numpy_dtype
 
 
 def _torch():
@@ -28,8 +28,13 @@ class TorchDriverBase(Driver):
         raise NotImplementedError
 
     def translate(self, optimizer: str, hp: dict[str, Any], channel_axis: int) -> dict[str, Any]:
-        """Reference hyperparameters -> this class's keyword arguments (per param group)."""
-        raise NotImplementedError
+        """Reference hyperparameters -> this class's keyword arguments (per param group).
+
+        By default the official signature: no ``channel_axis`` (axis 0) and no
+        ``project_buffer`` (whatever the class does, it does; the comparison shows it).
+        """
+        assert channel_axis == 0, f"{self.name} has no channel_axis"
+        return {k: v for k, v in hp.items() if k != "project_buffer"}
 
     def setup(self, device: str) -> None:
         torch = _torch()
@@ -44,9 +49,7 @@ class TorchDriverBase(Driver):
         self.torch_device = torch.device("cuda" if device == "gpu" else "cpu")
 
     def dtypes(self) -> tuple[str, ...]:
-        if self.device == "gpu":  # the gpu profile: float32 and bfloat16, float64 as a check
-            return ("float64", "float32", "bfloat16")
-        return ("float64", "float32", "float16", "bfloat16")
+        return float_dtypes(self.device)
 
     # -- conversions --------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.drivers import Driver, Output, Problem
+from conformance.drivers import Driver, Output, Problem, float_dtypes
 
 _STATE_LISTS = {
     "exp_avg": ("_exp_avg", "exp_avg"),
@@ -90,9 +90,7 @@ class _KerasDriver(Driver):
             self.device_name = torch.cuda.get_device_name(0)
 
     def dtypes(self) -> tuple[str, ...]:
-        if self.device == "gpu":  # the gpu profile: float32 and bfloat16, float64 as a check
-            return ("float64", "float32", "bfloat16")
-        return ("float64", "float32", "float16", "bfloat16")
+        return float_dtypes(self.device)
 
     def _make(self, optimizer: str, hp: dict[str, Any], channel_axis: int):
         import adamp_keras
@@ -189,7 +187,7 @@ class KerasTensorflowDriver(_KerasDriver):
 
 class KerasJaxDriver(_KerasDriver):
     keras_backend = "jax"
-    ci_max_examples = 8  # 0.2 s per example: every op compiles for every new shape
+    ci_max_examples = 4  # every op compiles for every new shape: about 1 s per example
 
 
 class KerasTorchDriver(_KerasDriver):

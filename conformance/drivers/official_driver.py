@@ -8,7 +8,6 @@ paper's buffer is run as it is, so the difference shows (a known deviation).
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Any
 
 from conformance.drivers._torch_common import TorchDriverBase
 
@@ -23,7 +22,3 @@ class OfficialDriver(TorchDriverBase):
         import adamp
 
         return {"adamp": adamp.AdamP, "sgdp": adamp.SGDP}[optimizer]
-
-    def translate(self, optimizer: str, hp: dict[str, Any], channel_axis: int) -> dict[str, Any]:
-        assert channel_axis == 0, "the official package has no channel_axis"
-        return {k: v for k, v in hp.items() if k != "project_buffer"}

@@ -9,7 +9,6 @@ step of every parameter of the group. It has no ``channel_axis`` (axis 0) and no
 from __future__ import annotations
 
 from importlib.metadata import version
-from typing import Any
 
 from conformance.drivers._torch_common import TorchDriverBase
 
@@ -24,7 +23,3 @@ class PytorchOptimizerDriver(TorchDriverBase):
         from pytorch_optimizer import SGDP, AdamP
 
         return {"adamp": AdamP, "sgdp": SGDP}[optimizer]
-
-    def translate(self, optimizer: str, hp: dict[str, Any], channel_axis: int) -> dict[str, Any]:
-        assert channel_axis == 0, "pytorch-optimizer has no channel_axis"
-        return {k: v for k, v in hp.items() if k != "project_buffer"}
