@@ -37,26 +37,31 @@ def bias_correction(beta: float, t, dtype: str):
     return -ops.expm1(ops.cast(t, dtype) * ops.convert_to_tensor(log_beta, dtype=dtype))
 
 
-def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float):
+def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2=None):
     """(P1)-(P5) on one eligible parameter (ndim >= 2, non-empty), all tensors in one dtype.
 
-    The channel view reduces over every axis but ``axis`` (no transpose); the layer view sums the
-    per-channel sums. (P4) is applied as ``u - p * c`` with ``c = <p, u> / (|p| + eps)^2`` per
-    row, which equals ``u - p_hat <p_hat, u>``; one ``ops.where`` picks the coefficient of the
-    view that fired (channel first, D3), or 0.
+    The channel view reduces a ``(before, C, after)`` view of each tensor over its outer axes
+    (no transpose; XLA on CPU reduces this 3-D view about twice as fast as the N-D one); the
+    layer view sums the per-channel sums. (P4) is applied as ``u - p * c`` with
+    ``c = <p, u> / (|p| + eps)^2`` per row, which equals ``u - p_hat <p_hat, u>``; one
+    ``ops.where`` picks the coefficient of the view that fired (channel first, D3), or 0.
+
+    Args:
+      g2: ``g * g`` when the caller has it already (AdamP's second moment), to save a pass.
 
     Returns:
       ``(u, r, fired_channel, fired_layer)``; the flags are 0-d booleans.
     """
     shape = tuple(p.shape)
-    others = tuple(a for a in range(len(shape)) if a != axis)
     n_layer = math.prod(shape)
     n_channel = n_layer // shape[axis]
+    view = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+    keep = tuple(c if a == axis else 1 for a, c in enumerate(shape))  # broadcasts against p
 
     def row_sum(x):
-        return ops.sum(x, axis=others, keepdims=True)
+        return ops.reshape(ops.sum(ops.reshape(x, view), axis=(0, 2)), keep)
 
-    gp, gg, pp = row_sum(g * p), row_sum(g * g), row_sum(p * p)
+    gp, gg, pp = row_sum(g * p), row_sum(g * g if g2 is None else g2), row_sum(p * p)
     gp_l, gg_l, pp_l = ops.sum(gp), ops.sum(gg), ops.sum(pp)
 
     def cosine(gp, gg, pp):  # (P2), D1, D2
@@ -183,13 +188,13 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
         dt = compute_dtype(variable.dtype)
         return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), ops.cast(gradient, dt)
 
-    def _project(self, i: int, p, g, u):
+    def _project(self, i: int, p, g, u, g2=None):
         """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires."""
         axis = self._axes[i]
         if axis is None:  # D4: ndim <= 1
             return u, 1.0
         u, r, fired_c, fired_l = project(
-            p, g, u, axis=axis, delta=self.delta, wd_ratio=self.wd_ratio, eps=self.epsilon
+            p, g, u, axis=axis, delta=self.delta, wd_ratio=self.wd_ratio, eps=self.epsilon, g2=g2
         )
         counts = self._projection_counts[i]
         if counts is not None:

@@ -104,10 +104,11 @@ class AdamP(ProjectedOptimizer):
 
         t = self.iterations + 1  # A1: Keras counts steps per optimizer, not per variable
         m = m_var * b1 + (1 - b1) * g  # A2
-        v = v_var * b2 + (1 - b2) * (g * g)  # A3
+        g2 = g * g
+        v = v_var * b2 + (1 - b2) * g2  # A3
         den = ops.sqrt(v) / ops.sqrt(bias_correction(b2, t, dt)) + eps  # A4, D5
         u = (b1 * m + (1 - b1) * g) / den if self.nesterov else m / den  # A5, D5: updated m
-        u, r = self._project(i, p, g, u)  # A6, D4
+        u, r = self._project(i, p, g, u, g2=g2)  # A6, D4
         if self._decays(i):  # A7, D7: from the parameter before the step
             p = p * (1 - lr * self.weight_decay * r)
         p = p - (lr / bias_correction(b1, t, dt)) * u  # A8
