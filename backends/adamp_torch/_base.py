@@ -107,7 +107,8 @@ class ProjectionOptimizer(torch.optim.Optimizer):
             key = _kernel.layout_key(ps, axes)
             layout = self._layouts.get(key)
             if layout is None:
-                layout = _kernel.make_layout(ps, axes, _kernel.local(ps[0]).device)
+                device, dtype = _kernel.local(ps[0]).device, _kernel.compute_dtype(ps[0].dtype)
+                layout = _kernel.make_layout(ps, axes, device, dtype)
                 self._layouts[key] = layout
             states = [self.state[p] for p in ps]
             local_p = [_kernel.local(p) for p in ps]

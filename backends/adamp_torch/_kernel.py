@@ -12,10 +12,9 @@ The optimizers never materialise the projected update unless they must store it 
 ``project_buffer``): ``p * (1 - lr wd r) - a (u - p s)`` is applied as ``p * F - a u`` with the
 per-row factor ``F = 1 - lr wd r + a s``.
 
-Parameters are grouped by device, dtype and DTensor layout, then cut into buckets of whole
-tensors. On a CPU a bucket holds about a megabyte-sized working set, so the dozen elementwise
-passes of a step hit the cache instead of main memory; on accelerators one bucket holds the
-whole group, so each ``torch._foreach_*`` call covers every tensor at once.
+Parameters are grouped by device, dtype and DTensor layout; each ``torch._foreach_*`` call
+covers a whole group. On a CPU a group is cut into buckets of whole tensors of at most
+``CPU_BUCKET_NUMEL`` elements, which bounds the step's temporaries (two bucket-sized lists).
 """
 
 from __future__ import annotations
@@ -32,10 +31,12 @@ from torch import Tensor
 
 from adamp_core import check_channel_axis, check_grad_shape
 
-# Elements per bucket on CPU. Measured with benchmarks/bench_torch.py (ResNet-50 shapes, 2
-# threads): 2^17 .. 2^20 are within a few percent of each other; one bucket per group is ~2x
-# slower there because every pass then streams from main memory.
-CPU_BUCKET_NUMEL = 1 << 18
+# Elements per CPU bucket: bounds the temporaries (two float32 lists of 16 MiB at most). On
+# ResNet-50 shapes with 2 threads, 2^20, 2^22 and one bucket per group measured within noise
+# of each other; 2^16 was about 1.5x slower (more small operations per step). Cutting single
+# large tensors into row ranges so that each chunk's passes stay in cache gave no measurable
+# gain either, so it was not kept.
+CPU_BUCKET_NUMEL = 1 << 22
 VIEW_CODES = {0: None, 1: "channel", 2: "layer"}  # values of the recorded view codes
 
 
@@ -124,16 +125,29 @@ class _Rows:
 
 @dataclass
 class Layout:
-    """Per-bucket constants, cached on the optimizer by shapes, axes and placements."""
+    """Per-bucket constants and buffers, cached on the optimizer by shapes, axes and dtype.
+
+    Buckets with the same key run one after the other, so they may share the buffers.
+    """
 
     rows: list[_Rows]
     seg: Tensor  # (R,) tensor index of each global row
     lengths: Tensor  # (T,) rows per tensor
     lengths4: Tensor  # (4, T) the same, for segment sums of the (4, R) statistics
     eligible: Tensor  # (T,) bool
-    inv_sqrt_row: Tensor  # (T,) 1 / sqrt(row length)  (P3, channel view)
-    inv_sqrt_numel: Tensor  # (T,) 1 / sqrt(numel)     (P3, layer view)
+    inv_sqrt_n: Tensor  # (R + T,) 1/sqrt(row length) per row, then 1/sqrt(numel) per tensor
     shard_groups: list[Any]  # process groups to sum the statistics over (DTensor only)
+    stats: Tensor  # (4, R) buffer: <g,p>, |g|^2, |p|^2, <p,u> per row
+    stat_views: list[Tensor | None]  # this rank's rows of ``stats`` per tensor
+    rowbuf: Tensor  # (2, R) buffer for per-row results handed to the optimizers
+    row_views: list[list[Tensor]]  # per row of ``rowbuf``, per tensor, broadcastable views
+    thresholds: dict[float, Tensor]  # delta -> (R + T,) delta / sqrt(n)  (P3)
+
+    def threshold(self, delta: float) -> Tensor:
+        thr = self.thresholds.get(delta)
+        if thr is None:
+            thr = self.thresholds[delta] = (delta * self.inv_sqrt_n).to(self.stats.dtype)
+        return thr
 
 
 def _shard_info(p: Tensor, axis: int) -> tuple[int, int, list[Any]]:
@@ -155,7 +169,9 @@ def _shard_info(p: Tensor, axis: int) -> tuple[int, int, list[Any]]:
     return offset[axis], shape[axis], groups
 
 
-def make_layout(params: Sequence[Tensor], axes: Sequence[Any], device: torch.device) -> Layout:
+def make_layout(
+    params: Sequence[Tensor], axes: Sequence[Any], device: torch.device, dtype: torch.dtype
+) -> Layout:
     rows, seg, groups = [], [], None
     inv_row, inv_numel, elig = [], [], []
     start = 0
@@ -177,28 +193,40 @@ def make_layout(params: Sequence[Tensor], axes: Sequence[Any], device: torch.dev
             bshape = tuple(held if d == axis else 1 for d in range(ndim))
             rows.append(_Rows(start, c, off, held, bshape, axis))
             n, e = c, True
-            inv_row.append(1.0 / math.sqrt(numel // c))
+            inv_row += [1.0 / math.sqrt(numel // c)] * c
             inv_numel.append(1.0 / math.sqrt(numel))
         elig.append(e)
         seg += [i] * n
         start += n
     lengths = torch.tensor([r.rows for r in rows], dtype=torch.long)
+    stats = torch.zeros(4, start, dtype=dtype, device=device)
+    rowbuf = torch.zeros(2, start, dtype=dtype, device=device)
+    stat_views, row_views = [], [[], []]
+    for r in rows:
+        lo = r.start + r.local_start
+        stat_views.append(stats[:, lo : lo + r.local_rows] if r.axis is not None else None)
+        for k in range(2):
+            row_views[k].append(rowbuf[k, lo : lo + r.local_rows].view(r.bshape))
     return Layout(
         rows=rows,
         seg=torch.tensor(seg, dtype=torch.long).to(device),
         lengths=lengths.to(device),
         lengths4=lengths.expand(4, -1).contiguous().to(device),
         eligible=torch.tensor(elig, dtype=torch.bool).to(device),
-        inv_sqrt_row=torch.tensor(inv_row, dtype=torch.float64).to(device),
-        inv_sqrt_numel=torch.tensor(inv_numel, dtype=torch.float64).to(device),
+        inv_sqrt_n=torch.tensor(inv_row + inv_numel, dtype=torch.float64).to(device),
         shard_groups=groups or [],
+        stats=stats,
+        stat_views=stat_views,
+        rowbuf=rowbuf,
+        row_views=row_views,
+        thresholds={},
     )
 
 
 def layout_key(params: Sequence[Tensor], axes: Sequence[Any]) -> tuple:
     key = []
     for p, ax in zip(params, axes, strict=True):
-        k = (tuple(p.shape), ax)
+        k = (tuple(p.shape), ax, p.dtype, local(p).device)
         if is_dtensor(p):
             k += (id(p.device_mesh), tuple(p.placements), tuple(local(p).shape))
         key.append(k)
@@ -239,9 +267,7 @@ def buckets(params: Sequence[Tensor]) -> list[list[int]]:
 # ----------------------------------------------------------------------------- projection
 
 
-def _row_sums(
-    out: Tensor, p: Tensor, g: Tensor, u: Tensor, axis: int, scratch: Tensor | None
-) -> None:
+def _row_sums(out: Tensor, p: Tensor, g: Tensor, u: Tensor, axis: int, scratch: Tensor) -> None:
     """Writes <g,p>, |g|, |p|, <p,u> of each row of the local tensors into ``out`` (4, rows).
 
     ``scratch``, a dead temporary of the same shape, receives the elementwise products, so
@@ -249,16 +275,19 @@ def _row_sums(
     """
     if (
         axis == 0
-        and scratch is not None
-        and all(x.is_contiguous() for x in (p, g, u, scratch))
         and scratch.dtype == p.dtype
+        and p.is_contiguous()
+        and g.is_contiguous()
+        and u.is_contiguous()
+        and scratch.is_contiguous()
     ):
         c = p.shape[0]
         p2, g2, u2, w = p.view(c, -1), g.view(c, -1), u.view(c, -1), scratch.view(c, -1)
-        torch.sum(torch.mul(g2, p2, out=w), dim=1, out=out[0])
-        torch.linalg.vector_norm(g2, dim=1, out=out[1])
-        torch.linalg.vector_norm(p2, dim=1, out=out[2])
-        torch.sum(torch.mul(p2, u2, out=w), dim=1, out=out[3])
+        gp, gn, pn, pu = out
+        torch.sum(torch.mul(g2, p2, out=w), dim=1, out=gp)
+        torch.linalg.vector_norm(g2, dim=1, out=gn)
+        torch.linalg.vector_norm(p2, dim=1, out=pn)
+        torch.sum(torch.mul(p2, u2, out=w), dim=1, out=pu)
         return
     # channels_last, other channel axes, other strides: reduce over every dim but the axis
     dims = [d for d in range(p.ndim) if d != axis]
@@ -266,6 +295,21 @@ def _row_sums(
     out[1] = torch.linalg.vector_norm(g, dim=dims)
     out[2] = torch.linalg.vector_norm(p, dim=dims)
     out[3] = (p * u).sum(dims)
+
+
+def row_sums(
+    layout: Layout,
+    ps: Sequence[Tensor],
+    gs: Sequence[Tensor],
+    us: Sequence[Tensor],
+    scratch: Sequence[Tensor],
+) -> None:
+    """(P1) The channel view's sums of a bucket, into the layout's buffer."""
+    if layout.shard_groups:
+        layout.stats.zero_()  # rows held by other ranks must add nothing
+    for i, (out, p, g, u, w) in enumerate(zip(layout.stat_views, ps, gs, us, scratch, strict=True)):
+        if out is not None and p.numel():
+            _row_sums(out, p, g, u, layout.rows[i].axis, w)
 
 
 @dataclass
@@ -277,60 +321,40 @@ class Projected:
     views: Tensor  # (T,) int8: 0 none, 1 channel, 2 layer
 
 
-def projection(
-    layout: Layout,
-    ps: Sequence[Tensor],
-    gs: Sequence[Tensor],
-    us: Sequence[Tensor],
-    *,
-    delta: float,
-    eps: float,
-    wd_ratio: float,
-    scratch: Sequence[Tensor] | None = None,
-) -> Projected:
-    """(P1)-(P5) for a bucket of local tensors in the compute dtype; nothing read on the host."""
-    dtype, device = ps[0].dtype, ps[0].device
-    total = layout.rows[-1].start + layout.rows[-1].rows
-    stats = torch.zeros(4, total, dtype=dtype, device=device)
-    for i, (rw, p, g, u) in enumerate(zip(layout.rows, ps, gs, us, strict=True)):
-        if rw.axis is not None and rw.local_rows and p.numel():
-            lo = rw.start + rw.local_start
-            w = scratch[i] if scratch is not None else None
-            _row_sums(stats[:, lo : lo + rw.local_rows], p, g, u, rw.axis, w)
+def projection(layout: Layout, *, delta: float, eps: float, wd_ratio: float) -> Projected:
+    """(P2)-(P5) from the row sums of a whole bucket; nothing is read on the host.
+
+    Rows and whole tensors (the layer view's single row) are handled as one vector of
+    ``R + T`` entries: the layer view's sums are the totals of the channel view's rows.
+    """
+    stats, seg = layout.stats, layout.seg
     stats[1:3].square_()  # squared norms: the quantities that add up over shards and rows
     for group in layout.shard_groups:  # FSDP2: rows or parts of rows live on other ranks
         torch.distributed.all_reduce(stats, group=group)
-    gp, gg, pp, pu = stats
-    seg, eligible = layout.seg, layout.eligible
+    totals = torch.segment_reduce(stats, "sum", lengths=layout.lengths4, axis=1)
+    gp, gg, pp, pu = torch.cat([stats, totals], dim=1)  # (R + T,) each: rows, then tensors
     pn = pp.sqrt()
-    # (P2), D1, D2 per row; (P3) channel view: every row below the threshold (a NaN fails)
-    cos = gp.abs() / (gg.sqrt().clamp_min(eps) * pn.clamp_min(eps))
-    below = cos < (delta * layout.inv_sqrt_row).to(dtype)[seg]
-    n_above = torch.segment_reduce((~below).to(dtype), "sum", lengths=layout.lengths)
-    channel = (n_above == 0) & eligible
-    # layer view: one row holding the whole tensor, i.e. the totals of the channel rows
-    tgp, tgg, tpp, tpu = torch.segment_reduce(stats, "sum", lengths=layout.lengths4, axis=1)
-    tpn = tpp.sqrt()
-    cos_l = tgp.abs() / (tgg.sqrt().clamp_min(eps) * tpn.clamp_min(eps))
-    layer = ~channel & eligible & (cos_l < (delta * layout.inv_sqrt_numel).to(dtype))
-    # (P4) u - p_hat <p_hat, u> = u - p * (<p,u> / (|p| + eps)^2), first view that fires wins
-    s_channel = pu / (pn + eps).square()
-    s_layer = tpu / (tpn + eps).square()
-    zero = torch.zeros((), dtype=dtype, device=device)
-    s = torch.where(channel[seg], s_channel, torch.where(layer[seg], s_layer[seg], zero))
+    # (P2), D1, D2: |<g,p>| / (max(|g|, eps) max(|p|, eps)); (P3): below delta / sqrt(n)
+    below = gp.abs() / (gg.sqrt().clamp_min(eps) * pn.clamp_min(eps)) < layout.threshold(delta)
+    n_rows = seg.shape[0]
+    above = torch.segment_reduce((~below[:n_rows]).to(stats.dtype), "sum", lengths=layout.lengths)
+    channel = (above == 0) & layout.eligible  # every row below (a NaN row is not)
+    layer = below[n_rows:] & ~channel & layout.eligible  # D3: channel first
+    # (P4) u - p_hat <p_hat, u> = u - p * (<p,u> / (|p| + eps)^2), per row or per tensor
+    coef = pu / (pn + eps).square()
+    s_layer = torch.where(layer, coef[n_rows:], 0.0)
+    s = torch.where(channel[seg], coef[:n_rows], s_layer[seg])
     fired = channel | layer
-    r = torch.where(fired, torch.full_like(tpn, wd_ratio), torch.ones_like(tpn))  # (P5)
+    r = 1 - (1 - wd_ratio) * fired.to(stats.dtype)  # (P5)
     views = channel.to(torch.int8) + 2 * layer.to(torch.int8)
     return Projected(s, r, views)
 
 
-def per_row(layout: Layout, rows: Tensor) -> list[Tensor]:
-    """Splits a (R,) vector into per-tensor views broadcastable against the local tensors."""
-    out = []
-    for rw in layout.rows:
-        lo = rw.start + rw.local_start
-        out.append(rows[lo : lo + rw.local_rows].view(rw.bshape))
-    return out
+def per_row(layout: Layout, rows: Tensor, slot: int = 0) -> list[Tensor]:
+    """Copies a (R,) vector into the layout's buffer ``slot``; returns its view for each
+    tensor, broadcastable against it (the channel axis kept, other dims of size 1)."""
+    layout.rowbuf[slot].copy_(rows)
+    return layout.row_views[slot]
 
 
 def per_tensor(x: Tensor) -> list[Tensor]:

@@ -103,8 +103,8 @@ class AdamP(ProjectionOptimizer):
         torch._foreach_lerp_(m, gs, 1 - b1)  # A2 (as torch.optim.Adam: lerp, one pass)
         torch._foreach_mul_(v, b2)  # A3
         torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
-        # A4, D5: den = sqrt(v) / sqrt(1 - b2^t) + eps, kept multiplied by sqrt(1 - b2^t),
-        # so u below is u_A5 / sqrt(1 - b2^t) and the step size a carries that factor back
+        # A4, D5: den = sqrt(v) / sqrt(1 - b2^t) + eps, kept multiplied by sqrt(1 - b2^t), so
+        # u below is u_A5 / sqrt(1 - b2^t) and the step size a carries that factor back
         den = torch._foreach_sqrt(v)
         torch._foreach_add_(den, _kernel.per_tensor(eps * sqrt_bc2))
         if group["nesterov"]:  # A5, D5: with the updated m
@@ -116,18 +116,11 @@ class AdamP(ProjectionOptimizer):
         a = lr * sqrt_bc2 / bc1  # step size of (A8) for this scaled u
 
         # A6: projection as a per-row scale s; A7 + A8 as p * (1 - lr wd r + a s) - a u
-        proj = _kernel.projection(
-            layout,
-            ps,
-            gs,
-            u,
-            delta=group["delta"],
-            eps=eps,
-            wd_ratio=group["wd_ratio"],
-            scratch=den,
-        )
+        _kernel.row_sums(layout, ps, gs, u, scratch=den)
+        del den
+        proj = _kernel.projection(layout, delta=group["delta"], eps=eps, wd_ratio=group["wd_ratio"])
         decay = 1 - lr * wd * proj.r  # A7, D7
         factor = decay[layout.seg] + a[layout.seg] * proj.s
-        torch._foreach_mul_(ps, _kernel.per_row(layout, factor.to(ps[0].dtype)))
+        torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
         torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8
         return proj.views

@@ -109,26 +109,19 @@ class SGDP(ProjectionOptimizer):
         u = torch._foreach_add(gs, buf, alpha=mu) if group["nesterov"] else buf  # S2
         # S3: projection as a per-row scale s
         scratch = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in ps]
-        proj = _kernel.projection(
-            layout,
-            ps,
-            gs,
-            u,
-            delta=group["delta"],
-            eps=group["eps"],
-            wd_ratio=group["wd_ratio"],
-            scratch=scratch,
-        )
+        _kernel.row_sums(layout, ps, gs, u, scratch)
         del scratch
+        proj = _kernel.projection(
+            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
+        )
         decay = 1 - lr * wd * proj.r / (1 - mu)  # S4, D7: divided by (1 - momentum)
         if group["project_buffer"] and not group["nesterov"]:
             # S6, D6: the official code projects the buffer in place; u is the buffer here
-            s = _kernel.per_row(layout, proj.s.to(ps[0].dtype))
-            torch._foreach_addcmul_(buf, ps, s, value=-1)
+            torch._foreach_addcmul_(buf, ps, _kernel.per_row(layout, proj.s, slot=1), value=-1)
             factor = decay[layout.seg]
         else:  # u is left as is; S4 + S5 as p * (1 - lr wd r / (1 - mu) + lr s) - lr u
             factor = decay[layout.seg] + lr * proj.s
-        torch._foreach_mul_(ps, _kernel.per_row(layout, factor.to(ps[0].dtype)))
+        torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
         if isinstance(lr, Tensor):  # S5
             torch._foreach_addcmul_(ps, u, [-lr] * len(ps))
         else:

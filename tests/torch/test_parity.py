@@ -17,7 +17,7 @@ import torch
 
 from adamp_core import decide
 from adamp_core.testing import BRANCHES, branch_gradient, reference_trajectory
-from tests.torch.helpers import REF_STATE, REL_TOL, STATE_KEYS, rel_err, run
+from tests.torch.helpers import REF_STATE, REL_TOL, STATE_KEYS, make, rel_err, run
 
 STEPS = 5
 SHAPES = [(6, 4), (3, 3, 2, 5), (8, 3, 3, 3), (1, 7), (5,), ()]
@@ -194,3 +194,28 @@ def test_channels_last_and_strided_params(name):
         q.grad = g.reshape(6, 36).clone()
         opt.step()
         assert rel_err(q.detach().numpy(), rp) <= REL_TOL[torch.float64]
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("name,case", CASES)
+def test_small_buckets_change_nothing(name, case, branch, monkeypatch):
+    """With a tiny CPU bucket size, every tensor has a bucket of its own, and with the
+    default size all share one; results equal the reference either way."""
+    import adamp_torch._kernel
+
+    monkeypatch.setattr(adamp_torch._kernel, "CPU_BUCKET_NUMEL", 16)
+    assert len(adamp_torch._kernel.buckets([torch.ones(3, 7), torch.ones(4)])) == 2
+    hp = HYPER[name][case]
+    rng = np.random.default_rng(_seed("buckets", name, case, branch))
+    shapes = [(9, 3, 2, 2), (4,), (3, 5), (7, 4)]
+    p0 = [rng.standard_normal(s) for s in shapes]
+    grads = [_grads(s, branch, _seed(s, branch), p) for s, p in zip(shapes, p0, strict=True)]
+    ps = [torch.nn.Parameter(torch.tensor(p)) for p in p0]
+    opt = make(name, ps, **hp)
+    for t in range(STEPS):
+        for p, g in zip(ps, grads, strict=True):
+            p.grad = torch.tensor(g[t])
+        opt.step()
+    for p, p_init, g in zip(ps, p0, grads, strict=True):
+        ref = reference_trajectory(name, p_init, g, **hp)
+        assert rel_err(p.detach().numpy(), ref[-1][0]) <= REL_TOL[torch.float64]
