@@ -104,7 +104,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     # The mutation self-test and the strategies' own tests need no framework: they run with
     # --backend=numpy only.
-    if collection_path.name in ("test_mutants.py", "test_strategies.py"):
+    if collection_path.name in ("test_mutants.py", "test_strategies.py", "test_suite.py"):
         return config._conformance["backend"] != "numpy"
     return None
 
@@ -175,6 +175,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         return
     tr = terminalreporter
     tr.section("conformance report")
+    for line in pytest_report_header(config):  # also under -q, which hides the header
+        tr.write_line(line)
     for line in RECORDER.table():
         tr.write_line(line)
     for pattern in c.get("stale", []):

@@ -3,7 +3,9 @@
 Columns: examples run, share of examples reaching each branch of the projection (channel view,
 layer view, no projection), comparisons ended by a legitimate near-tie divergence ("ties") or
 by a reference value outside the dtype's range ("ovfl", float16), largest absolute and
-relative errors against the float64 reference, and the verdict pytest gave the test.
+relative errors against the float64 reference, and the verdict pytest gave the test. The
+relative error is ``|x - r| / (R + (atol / rtol) S)`` in the terms of ``tolerances.py``: a value
+passes when it is at most rtol.
 """
 
 from __future__ import annotations
