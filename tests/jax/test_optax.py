@@ -373,3 +373,15 @@ def test_decide_reports_the_view_the_step_takes():
         np.linalg.norm(u.reshape(-1, 4), axis=0) * np.linalg.norm(p.reshape(-1, 4), axis=0)
     )
     assert np.max(np.abs(cos)) < 1e-5
+
+
+def test_inject_hyperparams_with_a_mask_function_in_static_args():
+    """docs/jax.md: a function-valued mask must be named in static_args, as for optax.adamw."""
+    params, grads = f32(problem(13))
+    mask = lambda t: jax.tree.map(lambda x: x.ndim > 1, t)  # noqa: E731
+    want, _ = run(adamp_jax.adamp(0.1, weight_decay=0.5, mask=mask), params, [grads] * 2)
+    injected = optax.inject_hyperparams(adamp_jax.adamp, static_args=("mask",))
+    got, _ = run(injected(learning_rate=0.1, weight_decay=0.5, mask=mask), params, [grads] * 2)
+    # injected hyperparameters are float32 arrays where the plain optimizer folds Python
+    # constants: 1 - b2^t and the like round differently; measured 7e-7 of the largest entry
+    assert_tree_close(got, want, 1e-5)
