@@ -18,7 +18,7 @@ import pytest
 from adamp_core import decide
 from adamp_core.testing import branch_gradient, reference_trajectory
 
-RTOL_F64 = 1e-12  # the bound; measured worst case is about 1e-15
+RTOL_F64 = 1e-12  # the bound; measured worst case: 6.6e-16 of the largest entry
 STEPS = 5
 
 # (shape, channel_axis): PyTorch-like layouts with axis 0, Flax layouts with the default -1.
