@@ -158,10 +158,11 @@ def markdown(paths: list[str]) -> str:
             docs.append(json.load(f))
     first = docs[0]
     lines = [
-        "# Conformance on GPU",
+        "# Conformance report",
         "",
         f"Date: {first['date']}. Device: {first.get('device_name', '?')}. "
-        f"Python {first['python']}. Profile: {first['hypothesis_profile']}. TF32 off.",
+        f"Python {first['python']}. Profile: {first['hypothesis_profile']}"
+        + (" (TF32 off)." if first["device"] == "gpu" else "."),
         "",
         "| backend | version | scenario | dtype | examples | ties | max abs err | max rel err "
         "| verdict |",

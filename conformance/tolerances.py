@@ -16,20 +16,19 @@ reference's margins. Loosen nothing to make a tie pass.
 
 from __future__ import annotations
 
-# Per dtype of the parameters, from the largest relative errors (|x - r| / R) measured over the
-# ci profile of every backend (2026-11, docs/conformance.md), with headroom for the thorough
-# profile:
-# - float64: same operation order (D8), a few ulps per step. Measured: numpy 0, torch 6e-15,
-#   pytorch-optimizer SGDP 4e-16, jax 6e-15, keras-* 4e-13 (1 - b^t as -expm1(t log b)).
-# - float32: about 8 steps of float32 rounding, amplified where a projection cancels most of
-#   the update. Measured: torch 4e-6, keras-tensorflow 7e-6, numpy (float32 path) 1.5e-5,
-#   keras-jax 2.1e-5.
-# - float16 / bfloat16: the parameter is stored in 11 / 8 bits each step (D9: computed in
-#   float32). Measured: float16 4e-2 (numpy), bfloat16 2.7e-1 (numpy, relative to an element
-#   that cancelled; the atol term, relative to the tensor, holds it).
+# Per dtype of the parameters. Measured: the largest relative error in the report's terms,
+# |x - r| / (R + (atol / rtol) S), over the ci profile of every backend (2026-11-28, comparisons
+# ended by a near-tie left out), with headroom for the thorough profile:
+# - float64: same operation order (D8), a few ulps per step. numpy 0, official 4.5e-16,
+#   pytorch-optimizer 4.3e-16, torch 4.5e-15, jax 5.1e-15, keras-* 9.4e-14 (its bias
+#   corrections are -expm1(t log b)).
+# - float32: about 8 steps of float32 rounding. keras-jax 3.1e-7, official 3.5e-7,
+#   keras-tensorflow 4.9e-7, torch 6.3e-7, numpy (the reference's float32 path) 8.2e-7.
+# - float16 / bfloat16: the parameter is stored in 11 / 8 bits at every step (D9: computed in
+#   float32). float16 1.7e-3 everywhere; bfloat16 1.9e-2 to 3.9e-2.
 TOLERANCES: dict[str, tuple[float, float]] = {
     "float64": (5e-12, 5e-14),
-    "float32": (5e-5, 5e-6),
+    "float32": (2e-5, 2e-6),
     "float16": (1e-2, 1e-3),
     "bfloat16": (8e-2, 8e-3),
 }
@@ -38,10 +37,10 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 OVERRIDES: dict[tuple[str, str, str], tuple[float, float]] = {
     # adamp_jax computes the bias corrections 1 - b^t in float32 (``1 - b2**t``): with
     # b2 = 0.9999 that is 1e-4 minus a float32 rounding of b2^t, a relative error up to
-    # t * 6e-8 / 1e-4, about 3e-3 at t = 8 (half of it after the square root). Measured 6.3e-5
-    # on the ci profile, which fails the float32 default. adamp_keras computes
-    # -expm1(t log b) with log b in float64 and passes the default; remove this entry when
-    # adamp_jax does the same.
+    # t * 6e-8 / 1e-4, about 5e-3 at t = 8 (half of it after the square root). Measured 2.8e-5
+    # and 6.3e-5 on two versions of the ci examples, above the float32 default; the entry
+    # allows the bound. adamp_keras computes -expm1(t log b) with log b in float64 and passes
+    # the default; remove this entry when adamp_jax does the same.
     ("jax", "adamp", "float32"): (3e-3, 3e-4),
 }
 
