@@ -28,4 +28,6 @@ def test_trajectory(data, request: pytest.FixtureRequest, driver, backend, scena
         event(f"reached {b}")
     if stats.ties:
         event("near-tie divergence")
+    if stats.overflows:
+        event("reference beyond the dtype's range")
     RECORDER.add(request.node.nodeid, sc.optimizer, scenario, dtype, stats)
