@@ -34,15 +34,7 @@ TOLERANCES: dict[str, tuple[float, float]] = {
 }
 
 # (backend, optimizer, dtype) -> (rtol, atol). Each entry says what was measured.
-OVERRIDES: dict[tuple[str, str, str], tuple[float, float]] = {
-    # adamp_jax computes the bias corrections 1 - b^t in float32 (``1 - b2**t``): with
-    # b2 = 0.9999 that is 1e-4 minus a float32 rounding of b2^t, a relative error up to
-    # t * 6e-8 / 1e-4, about 5e-3 at t = 8 (half of it after the square root). Measured 2.8e-5
-    # and 6.3e-5 on two versions of the ci examples, above the float32 default; the entry
-    # allows the bound. adamp_keras computes -expm1(t log b) with log b in float64 and passes
-    # the default; remove this entry when adamp_jax does the same.
-    ("jax", "adamp", "float32"): (3e-3, 3e-4),
-}
+OVERRIDES: dict[tuple[str, str, str], tuple[float, float]] = {}
 
 
 def tolerance(backend: str, optimizer: str, dtype: str) -> tuple[float, float]:
