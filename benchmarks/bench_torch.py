@@ -7,26 +7,28 @@ behind a BatchNorm; the rest random). Every number is printed as a ratio to a ba
 measured in the same run: AdamP-like rows against ``AdamW(foreach=True)``, SGDP-like rows
 against ``SGD(momentum=0.9, foreach=True)``.
 
-Peak extra memory is the growth of the process's peak resident set during one step (after
-state exists), with glibc told to map every allocation above 64 KiB separately so that freed
-temporaries leave the resident set.
+Step time: all optimizers of a gradient kind are built first (sharing one set of gradients),
+then stepped in turn, round after round, so that load from other processes falls on all of
+them alike; the median over rounds is printed, with the ratio of medians of wall time and of
+process CPU time. Peak extra memory is measured in a child process in which glibc maps every
+allocation above 64 KiB separately (so freed temporaries leave the resident set): the growth of
+the peak resident set during one step, once the state exists.
 
-Run: ``python benchmarks/bench_torch.py`` (about 3 minutes on 2 cores); ``--no-compile`` skips
-the ``torch.compile`` rows, ``--steps N`` sets the timed steps per row.
+Run: ``python benchmarks/bench_torch.py`` (about 3 minutes on 2 cores). ``--compile`` adds the
+``torch.compile(opt.step)`` rows (cold compile included; several more minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
+import statistics
+import subprocess
 import sys
 import time
-
-if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:  # before torch allocates anything
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import torch
 
@@ -57,19 +59,24 @@ def resnet50_shapes() -> list[tuple[tuple[int, ...], bool]]:
     return out
 
 
-def make_problem(kind: str, seed: int = 0) -> list[torch.nn.Parameter]:
+def make_problem(kind: str, grads: list[torch.Tensor] | None = None, seed: int = 0):
+    """Fresh parameters (same values for every optimizer) and, unless given, their gradients."""
     gen = torch.Generator().manual_seed(seed)
-    params = []
-    for shape, invariant in resnet50_shapes():
+    params, out_grads = [], []
+    for i, (shape, invariant) in enumerate(resnet50_shapes()):
         p = torch.nn.Parameter(torch.randn(shape, generator=gen) * 0.05)
-        g = torch.randn(shape, generator=gen) * 1e-3
-        if kind == "scale-invariant" and invariant:
-            p2, g2 = p.detach().view(shape[0], -1), g.view(shape[0], -1)
-            g2 -= p2 * ((p2 * g2).sum(1, keepdim=True) / (p2 * p2).sum(1, keepdim=True))
-        p.grad = g
+        if grads is None:
+            g = torch.randn(shape, generator=gen) * 1e-3
+            if kind == "scale-invariant" and invariant:
+                p2, g2 = p.detach().view(shape[0], -1), g.view(shape[0], -1)
+                g2 -= p2 * ((p2 * g2).sum(1, keepdim=True) / (p2 * p2).sum(1, keepdim=True))
+        else:
+            g = grads[i]
+        p.grad = g  # shared between optimizers: none of them writes its gradients
         params.append(p)
+        out_grads.append(g)
     assert sum(p.numel() for p in params) == RESNET50_PARAMS
-    return params
+    return params, out_grads
 
 
 def _status(key: str) -> int:
@@ -93,28 +100,6 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
         for v in s.values()
         if isinstance(v, torch.Tensor) and v.numel() > 1
     )
-
-
-def measure(factory, kind: str, steps: int, compile_step: bool = False) -> dict:
-    params = make_problem(kind)
-    opt = factory(params)
-    step = opt.step
-    cold = None
-    if compile_step:
-        step = torch.compile(opt.step)
-        t0 = time.perf_counter()
-        step()
-        cold = time.perf_counter() - t0
-    step()
-    step()
-    mem = peak_extra(step)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"ms": 1e3 * times[len(times) // 2], "mem": mem, "state": state_bytes(opt), "cold": cold}
 
 
 def optimizers() -> dict[str, tuple[str, object]]:
@@ -158,55 +143,122 @@ BASELINE = {"adam": "AdamW(foreach=True)", "sgd": "SGD(momentum=0.9, foreach=Tru
 KINDS = ("random", "scale-invariant")
 
 
+def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[str, dict]:
+    """Median wall / CPU ms per step of each row, stepped in turn, round after round."""
+    opts = optimizers()
+    steps, grads, cold = {}, None, {}
+    for name in names:
+        params, grads = make_problem(kind, grads)
+        opt = opts[name][1](params)
+        step = torch.compile(opt.step) if compiled else opt.step
+        t0 = time.perf_counter()
+        step()  # creates the state (and compiles)
+        cold[name] = time.perf_counter() - t0
+        step()  # a compiled step recompiles once the state exists, as torch.optim's do
+        steps[name] = step
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            w0, c0 = time.perf_counter(), time.process_time()
+            steps[name]()
+            wall[name].append(1e3 * (time.perf_counter() - w0))
+            cpu[name].append(1e3 * (time.process_time() - c0))
+    return {
+        n: {
+            "ms": statistics.median(wall[n]),
+            "cpu": statistics.median(cpu[n]),
+            "cold": cold[n] if compiled else None,
+        }
+        for n in names
+    }
+
+
+def memory_rows(names: list[str]) -> dict[str, dict]:
+    """Peak extra and state bytes per row, one child process per row (random gradients)."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = {}
+    for name in names:
+        res = subprocess.run(
+            [sys.executable, __file__, "--memory-of", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def _memory_of(name: str) -> None:
+    torch.set_num_threads(2)
+    params, _ = make_problem("random")
+    opt = optimizers()[name][1](params)
+    opt.step()
+    opt.step()
+    print(json.dumps({"mem": peak_extra(opt.step), "state": state_bytes(opt)}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=7, help="timed steps per row (median)")
-    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
-    ap.add_argument("--only", default="", help="comma-separated row names to run")
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds (median)")
+    ap.add_argument("--compile", action="store_true", help="add the torch.compile rows")
+    ap.add_argument("--only", default="", help="comma-separated row names (baselines added)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help="gradient kinds to run")
+    ap.add_argument("--memory-of", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_of:
+        return _memory_of(args.memory_of)
     torch.set_num_threads(2)
     opts = optimizers()
-    only = [s for s in args.only.split(",") if s]
-    rows: dict[tuple[str, bool], dict[str, dict]] = {}
-    for name, (family, factory) in opts.items():
-        for compiled in (False, True):
-            if compiled and (args.no_compile or name not in COMPILED):
-                continue
-            if only and name not in only and BASELINE[family] != name:
-                continue
-            rows[(name, compiled)] = {
-                kind: measure(factory, kind, args.steps, compiled) for kind in KINDS
-            }
-            print(".", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+    only = {s for s in args.only.split(",") if s}
+    names = [n for n, (fam, _) in opts.items() if not only or n in only or BASELINE[fam] == n]
+    kinds = [k for k in args.kinds.split(",") if k]
+    timed = {kind: time_rows(names, kind, args.rounds, False) for kind in kinds}
+    rows = [(n, False) for n in names]
+    if args.compile:
+        cnames = [n for n in names if n in COMPILED]
+        ctimed = {kind: time_rows(cnames, kind, args.rounds, True) for kind in kinds}
+        rows += [(n, True) for n in cnames]
+    mem = memory_rows(names)
 
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{platform.processor() or platform.machine()}, "
-        f"{RESNET50_PARAMS:,} float32 parameters (ResNet-50 shapes)"
+        f"{platform.machine()}, {RESNET50_PARAMS:,} float32 parameters (ResNet-50 shapes), "
+        f"median of {args.rounds} rounds"
     )
     head = (
-        f"| {'optimizer':40} | {'random ms':>9} | {'ratio':>5} | {'scale-inv ms':>12} | "
-        f"{'ratio':>5} | {'peak extra MB':>13} | {'ratio':>5} | {'state MB':>8} | {'cold s':>6} |"
+        f"| {'optimizer':38} | {'random ms':>9} | {'ratio':>5} | {'cpu':>5} | "
+        f"{'scale-inv ms':>12} | {'ratio':>5} | {'cpu':>5} | {'peak extra MB':>13} | "
+        f"{'state MB':>8} | {'cold s':>6} |"
     )
     print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for (name, compiled), res in rows.items():
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
+    for name, compiled in rows:
         family = opts[name][0]
-        base = rows.get((BASELINE[family], compiled)) or rows[(BASELINE[family], False)]
-        label = f"compile({name})" if compiled else name
-        r, s = res["random"], res["scale-invariant"]
-        cold = max(r["cold"], s["cold"]) if compiled else None
-        mem_ratio = r["mem"] / max(base["random"]["mem"], 1)
-        print(
-            f"| {label:40} | {r['ms']:9.1f} | {r['ms'] / base['random']['ms']:5.2f} | "
-            f"{s['ms']:12.1f} | {s['ms'] / base['scale-invariant']['ms']:5.2f} | "
-            f"{r['mem'] / 2**20:13.1f} | {mem_ratio:5.2f} | {r['state'] / 2**20:8.1f} | "
-            f"{(f'{cold:6.1f}' if cold is not None else '-'):>6} |"
-        )
+        src = ctimed if compiled else timed
+        cells = []
+        for kind in KINDS:
+            if kind not in src:
+                cells += [f"{'-':>{9 if kind == 'random' else 12}}", f"{'-':>5}", f"{'-':>5}"]
+                continue
+            r, b = src[kind][name], src[kind][BASELINE[family]]
+            cells.append(f"{r['ms']:{9 if kind == 'random' else 12}.1f}")
+            cells.append(f"{r['ms'] / b['ms']:5.2f}")
+            cells.append(f"{r['cpu'] / b['cpu']:5.2f}")
+        if compiled:
+            cold = max(src[k][name]["cold"] for k in kinds)
+            tail = f"{'-':>13} | {'-':>8} | {cold:6.1f}"
+            label = f"compile({name})"
+        else:
+            m = mem[name]
+            tail = f"{m['mem'] / 2**20:13.1f} | {m['state'] / 2**20:8.1f} | {'-':>6}"
+            label = name
+        print(f"| {label:38} | " + " | ".join(cells) + f" | {tail} |")
     print(
-        "ratio: to AdamW(foreach=True) for AdamP rows, to SGD(momentum=0.9, foreach=True) for "
-        "SGDP rows; compiled rows to the compiled baseline. Peak extra: one step, random grads."
+        "ratio: median wall time over the baseline's (cpu: the same with process CPU time); "
+        "baseline AdamW(foreach=True) for AdamP rows, SGD(momentum=0.9, foreach=True) for SGDP "
+        "rows, compiled rows against the compiled baseline. Peak extra: one step, random grads."
     )
 
 

@@ -132,12 +132,11 @@ class Layout:
 
     rows: list[_Rows]
     seg: Tensor  # (R,) tensor index of each global row
-    lengths: Tensor  # (T,) rows per tensor
-    lengths4: Tensor  # (4, T) the same, for segment sums of the (4, R) statistics
+    table: Tensor  # (T, max rows) row indices of each tensor, padded with R (a zero column)
     eligible: Tensor  # (T,) bool
     inv_sqrt_n: Tensor  # (R + T,) 1/sqrt(row length) per row, then 1/sqrt(numel) per tensor
     shard_groups: list[Any]  # process groups to sum the statistics over (DTensor only)
-    stats: Tensor  # (4, R) buffer: <g,p>, |g|^2, |p|^2, <p,u> per row
+    stats: Tensor  # (4, R + 1) buffer: <g,p>, |g|^2, |p|^2, <p,u> per row; last column 0
     stat_views: list[Tensor | None]  # this rank's rows of ``stats`` per tensor
     rowbuf: Tensor  # (2, R) buffer for per-row results handed to the optimizers
     row_views: list[list[Tensor]]  # per row of ``rowbuf``, per tensor, broadcastable views
@@ -198,8 +197,13 @@ def make_layout(
         elig.append(e)
         seg += [i] * n
         start += n
-    lengths = torch.tensor([r.rows for r in rows], dtype=torch.long)
-    stats = torch.zeros(4, start, dtype=dtype, device=device)
+    # Per-tensor sums gather the rows through a padded table and add along it: deterministic
+    # and free of host reads on every device (unlike atomics or segment_reduce's checks).
+    width = max(r.rows for r in rows)
+    table = torch.full((len(rows), width), start, dtype=torch.long)
+    for i, r in enumerate(rows):
+        table[i, : r.rows] = torch.arange(r.start, r.start + r.rows)
+    stats = torch.zeros(4, start + 1, dtype=dtype, device=device)
     rowbuf = torch.zeros(2, start, dtype=dtype, device=device)
     stat_views, row_views = [], [[], []]
     for r in rows:
@@ -209,11 +213,12 @@ def make_layout(
             row_views[k].append(rowbuf[k, lo : lo + r.local_rows].view(r.bshape))
     return Layout(
         rows=rows,
-        seg=torch.tensor(seg, dtype=torch.long).to(device),
-        lengths=lengths.to(device),
-        lengths4=lengths.expand(4, -1).contiguous().to(device),
-        eligible=torch.tensor(elig, dtype=torch.bool).to(device),
-        inv_sqrt_n=torch.tensor(inv_row + inv_numel, dtype=torch.float64).to(device),
+        seg=torch.tensor(seg, dtype=torch.long).to(device, non_blocking=True),
+        table=table.to(device, non_blocking=True),
+        eligible=torch.tensor(elig, dtype=torch.bool).to(device, non_blocking=True),
+        inv_sqrt_n=torch.tensor(inv_row + inv_numel, dtype=torch.float64).to(
+            device, non_blocking=True
+        ),
         shard_groups=groups or [],
         stats=stats,
         stat_views=stat_views,
@@ -327,18 +332,18 @@ def projection(layout: Layout, *, delta: float, eps: float, wd_ratio: float) -> 
     Rows and whole tensors (the layer view's single row) are handled as one vector of
     ``R + T`` entries: the layer view's sums are the totals of the channel view's rows.
     """
-    stats, seg = layout.stats, layout.seg
+    stats, seg, table = layout.stats, layout.seg, layout.table
     stats[1:3].square_()  # squared norms: the quantities that add up over shards and rows
     for group in layout.shard_groups:  # FSDP2: rows or parts of rows live on other ranks
         torch.distributed.all_reduce(stats, group=group)
-    totals = torch.segment_reduce(stats, "sum", lengths=layout.lengths4, axis=1)
-    gp, gg, pp, pu = torch.cat([stats, totals], dim=1)  # (R + T,) each: rows, then tensors
+    n_rows = seg.shape[0]
+    totals = stats[:, table].sum(-1)  # the padding column adds zeros
+    gp, gg, pp, pu = torch.cat([stats[:, :n_rows], totals], dim=1)  # (R + T,): rows, tensors
     pn = pp.sqrt()
     # (P2), D1, D2: |<g,p>| / (max(|g|, eps) max(|p|, eps)); (P3): below delta / sqrt(n)
     below = gp.abs() / (gg.sqrt().clamp_min(eps) * pn.clamp_min(eps)) < layout.threshold(delta)
-    n_rows = seg.shape[0]
-    above = torch.segment_reduce((~below[:n_rows]).to(stats.dtype), "sum", lengths=layout.lengths)
-    channel = (above == 0) & layout.eligible  # every row below (a NaN row is not)
+    row_below = torch.cat([below[:n_rows], below.new_ones(1)])  # padding counts as below
+    channel = row_below[table].all(-1) & layout.eligible  # every row below (a NaN row is not)
     layer = below[n_rows:] & ~channel & layout.eligible  # D3: channel first
     # (P4) u - p_hat <p_hat, u> = u - p * (<p,u> / (|p| + eps)^2), per row or per tensor
     coef = pu / (pn + eps).square()
@@ -365,7 +370,7 @@ def per_tensor(x: Tensor) -> list[Tensor]:
 # ----------------------------------------------------------------------------- scalars
 
 
-def step_scalars(steps: Sequence[Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+def step_scalars(steps: Sequence[Tensor], device: torch.device) -> Tensor:
     """The step counts ``t`` of a bucket as a (T,) float64 tensor on ``device`` (no host read).
 
     Bias corrections are formed from it in float64, so float64 trajectories follow the

@@ -96,7 +96,7 @@ class AdamP(ProjectionOptimizer):
         device = ps[0].device
 
         torch._foreach_add_(steps, 1)  # A1 (host-side counters, as in torch.optim)
-        t = _kernel.step_scalars(steps, device, ps[0].dtype)
+        t = _kernel.step_scalars(steps, device)
         bc1, sqrt_bc2 = 1 - b1**t, (1 - b2**t).sqrt()
         lr = _kernel.as_device_scalar(group["lr"], device)
 

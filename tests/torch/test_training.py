@@ -88,3 +88,23 @@ def test_compiled_step_matches_eager():
         step()
     for p, q in zip(ps, qs, strict=True):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "cls,hp",
+    [(AdamP, dict(lr=1e-3, weight_decay=0.1)), (SGDP, dict(lr=0.1, momentum=0.9))],
+    ids=["adamp", "sgdp"],
+)
+def test_cuda_step_reads_nothing_on_the_host(cls, hp):
+    """With torch.cuda.set_sync_debug_mode("error") any device-to-host synchronisation raises."""
+    model = _cnn().cuda()
+    opt = cls(model.parameters(), **hp)
+    x, y = (t.cuda() for t in _data(64))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):  # the first step also builds the state and the cached layouts
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
