@@ -100,7 +100,11 @@ class AdamP(ProjectionOptimizer):
         bc1, sqrt_bc2 = 1 - b1**t, (1 - b2**t).sqrt()
         lr = _kernel.as_device_scalar(group["lr"], device)
 
-        torch._foreach_lerp_(m, gs, 1 - b1)  # A2 (as torch.optim.Adam: lerp, one pass)
+        if b1 >= 0.5:  # A2 in one pass, as torch.optim.Adam: lerp with weight 1 - b1 <= 0.5
+            torch._foreach_lerp_(m, gs, 1 - b1)
+        else:  # lerp would use 1 - weight, i.e. b1 rounded through 1 - b1: 19% off at b1 = 1e-7
+            torch._foreach_mul_(m, b1)
+            torch._foreach_add_(m, gs, alpha=1 - b1)
         torch._foreach_mul_(v, b2)  # A3
         torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
         # A4, D5: den = sqrt(v) / sqrt(1 - b2^t) + eps, kept multiplied by sqrt(1 - b2^t), so
