@@ -1,6 +1,9 @@
 """The docs' code runs: every ```python block of a page, in order, in one namespace per page.
 
-Covered pages: every ``docs/*.md`` (so a new page is covered when it is added). A block fenced
+Covered pages: README.md and every ``docs/*.md`` (so a new page is covered when it is added),
+except the pages whose examples need their framework's test set-up and run from that
+framework's suite with ``python_blocks`` from here: docs/jax.md (tests/jax/test_docs.py) and
+docs/keras.md (tests/keras/test_docs.py, once per Keras backend). A block fenced
 exactly as ```python runs; any other fence (```text, ```bash, ```python no-run, ...) is prose.
 Blocks run in a temporary working directory with matplotlib's Agg backend, and a failure points
 at the page and line of the failing statement (the code is compiled with the page's line
@@ -16,12 +19,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = sorted((ROOT / "docs").glob("*.md"))
+OWN_RUNNER = {"jax.md", "keras.md"}
+PAGES = [ROOT / "README.md"] + [
+    p for p in sorted((ROOT / "docs").glob("*.md")) if p.name not in OWN_RUNNER
+]
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 
 
 def python_blocks(text: str) -> list[tuple[int, str]]:
-    """``(first line number, code)`` of every block fenced exactly as ```python, in order."""
+    """``(first line number, code)`` of every block fenced exactly as ```python, in order.
+
+    A fence indented by up to three spaces (inside a list item) has its indent removed from the
+    block's lines.
+    """
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         m = FENCE.match(lines[i])
@@ -29,11 +39,13 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
             i += 1
             continue
         fence, info, start = m["fence"], m["info"].strip(), i + 1
+        indent = len(m["indent"])
         end = start
         while end < len(lines) and not lines[end].strip().startswith(fence):
             end += 1
         if info == "python":
-            blocks.append((start + 1, "\n".join(lines[start:end])))
+            code = "\n".join(line[indent:] for line in lines[start:end])
+            blocks.append((start + 1, code))
         i = end + 1
     return blocks
 
@@ -45,6 +57,7 @@ def test_fences_are_parsed():
         "````python\ny = 2\n````\n```python no-run\nz\n```\n"
     )
     assert python_blocks(text) == [(3, "x = 1"), (9, "y = 2")]
+    assert python_blocks("- item\n  ```python\n  a = 1\n  ```\n") == [(3, "a = 1")]
 
 
 def test_pages_are_found():

@@ -3,18 +3,19 @@ agree; where the docs show code, a test runs it)."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+from tests.docs.test_docs_code import python_blocks
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "jax.md"
 
 
 def test_every_python_block_of_the_jax_page_runs():
-    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    blocks = python_blocks(DOC.read_text())
     assert len(blocks) >= 5, "docs/jax.md lost its examples"
     namespace: dict = {}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"{DOC.name}[block {i}]", "exec"), namespace)
+    for line, block in blocks:
+        exec(compile("\n" * (line - 1) + block, str(DOC), "exec"), namespace)
     # the last blocks left a restored state and per-leaf decisions behind
     assert set(namespace["projected"]) == {"conv", "dense"}
     assert len(namespace["restored"]) == len(namespace["opt_state"])

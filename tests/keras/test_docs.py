@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 
 import numpy as np
 
+from tests.docs.test_docs_code import python_blocks
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "keras.md"
-BLOCK = re.compile(r"^( *)```python\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 
 
 def test_keras_md_examples_run(fresh_keras, capsys):
-    blocks = [textwrap.dedent(m.group(2)) for m in BLOCK.finditer(DOC.read_text())]
+    blocks = python_blocks(DOC.read_text())
     assert len(blocks) == 3
     rng = np.random.default_rng(0)
     # "your data": a few images and integer labels, as the examples say.
@@ -21,8 +21,8 @@ def test_keras_md_examples_run(fresh_keras, capsys):
         "x": rng.standard_normal((32, 32, 32, 3)).astype("float32"),
         "y": rng.integers(0, 10, 32),
     }
-    for block in blocks:
-        exec(compile(block, str(DOC), "exec"), namespace)
+    for line, block in blocks:
+        exec(compile("\n" * (line - 1) + block, str(DOC), "exec"), namespace)
     printed = capsys.readouterr().out
     # The last example printed one line per kernel: 2 convolutions and the dense head.
     assert len(re.findall(r"channel +\d+\.\d%  layer +\d+\.\d%", printed)) == 3
