@@ -305,7 +305,12 @@ def check_case(driver: Driver, backend: str, case: Case) -> CaseStats:
             u_abs, step_abs = _entered(case.optimizer, hp, ref_state, prev_state, g64)
             p_prev = np.maximum(np.abs(np.asarray(p_ref_prev, np.float64)), step_abs)
             errors_so_far = stats.max_abs, stats.max_rel
-            mismatch = _compare("param", out.param, ref_p, p_prev, rtol, atol, running, i, stats)
+            # The parameter is rounded to its dtype after each step and goes on from there,
+            # while the reference keeps float64: k + 1 roundings of up to one spacing each.
+            floor = (k + 1) * ulp(ref_p, case.dtype)
+            mismatch = _compare(
+                "param", out.param, ref_p, p_prev, rtol, atol, running, i, stats, floor
+            )
             mismatch = mismatch or _compare_state(
                 case.optimizer,
                 out.state,
@@ -337,6 +342,22 @@ def check_case(driver: Driver, backend: str, case: Case) -> CaseStats:
 
 
 _LARGEST = {"float64": 1.79e308, "float32": 3.40e38, "float16": 65504.0, "bfloat16": 3.38e38}
+# (explicit mantissa bits, smallest normal exponent) of each storage dtype
+_BITS = {"float64": (52, -1022), "float32": (23, -126), "float16": (10, -14), "bfloat16": (7, -126)}
+
+
+def ulp(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The spacing of ``dtype``'s numbers at ``|x|``, subnormals included.
+
+    A parameter stored in ``dtype`` cannot lie closer to the float64 reference than half of
+    this; near zero a float16 parameter has an absolute spacing of 2**-24 (6e-8), far above what
+    rtol and atol allow for a small value.
+    """
+    mant, emin = _BITS[dtype]
+    x = np.abs(np.asarray(x, np.float64))
+    _, e = np.frexp(x)  # |x| = f 2**e with f in [0.5, 1); frexp(0) gives e = 0
+    e = np.where(x > 0, e, emin + 1)
+    return np.ldexp(1.0, np.maximum(e - 1, emin) - mant)
 
 
 def _representable(x: np.ndarray, dtype: str) -> bool:
@@ -349,7 +370,8 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and a.tobytes() == b.astype(a.dtype).tobytes()
 
 
-def _compare(name, x, ref, extra, rtol, atol, running, i, stats) -> str | None:
+def _compare(name, x, ref, extra, rtol, atol, running, i, stats, floor=0.0) -> str | None:
+    """Compares ``x`` with ``ref``: ``|x - ref| <= rtol * scale + atol * big + floor``."""
     x = np.asarray(x)
     if x.shape != ref.shape:
         return f"{name} has shape {x.shape}, reference {ref.shape}"
@@ -361,7 +383,7 @@ def _compare(name, x, ref, extra, rtol, atol, running, i, stats) -> str | None:
     big = max(float(scale.max(initial=0.0)), prev[1] if prev else 0.0)
     running[(i, name)] = (scale, big)
     err = np.abs(x - ref)
-    bound = rtol * scale + atol * big
+    bound = rtol * scale + atol * big + floor
     if err.size:
         stats.max_abs = max(
             stats.max_abs, float(np.nanmax(err)) if np.isfinite(err).all() else math.inf
