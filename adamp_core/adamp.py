@@ -6,8 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adamp_core._arrays import as_float_array, compute_dtype
-from adamp_core._hyperparams import check_channel_axis, check_grad_shape, validate_hyperparameters
+from adamp_core._arrays import as_float_array, compute_dtype, prepare
+from adamp_core._hyperparams import validate_hyperparameters
 from adamp_core.projection import projection
 
 
@@ -34,14 +34,6 @@ def update_moment(moment: np.ndarray, value: np.ndarray, decay: float) -> np.nda
 def bias_correction(decay: float, t: int) -> float:
     """``1 - decay^t``."""
     return 1 - decay**t
-
-
-def check_state_shape(param_shape: tuple[int, ...], state: NamedTuple) -> None:
-    for name, value in state._asdict().items():
-        if isinstance(value, np.ndarray) and value.shape != tuple(param_shape):
-            raise ValueError(
-                f"state.{name} shape {value.shape} does not match param shape {tuple(param_shape)}"
-            )
 
 
 def adamp_step(
@@ -93,12 +85,7 @@ def adamp_step(
         wd_ratio=wd_ratio,
         nesterov=nesterov,
     )
-    p0, g0 = as_float_array(param, "param"), as_float_array(grad, "grad")
-    check_grad_shape(p0.shape, g0.shape)
-    check_channel_axis(channel_axis, p0.shape)
-    check_state_shape(p0.shape, state)
-    dt = compute_dtype(p0.dtype)  # D9
-    p, g = p0.astype(dt), g0.astype(dt)
+    dtype, p, g, dt = prepare(param, grad, state, channel_axis)  # D9: computed in dt
     b1, b2 = betas
 
     t = state.step + 1  # A1
@@ -114,4 +101,4 @@ def adamp_step(
     if weight_decay > 0:  # A7, D7: decay from the parameter before the step
         p = p * (1 - lr * weight_decay * r)
     p = p - (lr / bias_correction(b1, t)) * u  # A8
-    return p.astype(p0.dtype), AdamPState(t, m, v)
+    return p.astype(dtype), AdamPState(t, m, v)

@@ -6,9 +6,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from adamp_core._arrays import as_float_array, compute_dtype
-from adamp_core._hyperparams import check_channel_axis, check_grad_shape, validate_hyperparameters
-from adamp_core.adamp import check_state_shape
+from adamp_core._arrays import as_float_array, compute_dtype, prepare
+from adamp_core._hyperparams import validate_hyperparameters
 from adamp_core.projection import projection
 
 
@@ -80,12 +79,7 @@ def sgdp_step(
         wd_ratio=wd_ratio,
         project_buffer=project_buffer,
     )
-    p0, g0 = as_float_array(param, "param"), as_float_array(grad, "grad")
-    check_grad_shape(p0.shape, g0.shape)
-    check_channel_axis(channel_axis, p0.shape)
-    check_state_shape(p0.shape, state)
-    dt = compute_dtype(p0.dtype)  # D9
-    p, g = p0.astype(dt), g0.astype(dt)
+    dtype, p, g, dt = prepare(param, grad, state, channel_axis)  # D9: computed in dt
 
     b = state.momentum_buffer.astype(dt, copy=False) * momentum + (1 - dampening) * g  # S1
     u = g + momentum * b if nesterov else b  # S2
@@ -98,4 +92,4 @@ def sgdp_step(
         p = p * (1 - lr * weight_decay * r / (1 - momentum))
     p = p - lr * u  # S5
     stored = u if project_buffer and not nesterov else b  # S6, D6
-    return p.astype(p0.dtype), SGDPState(stored)
+    return p.astype(dtype), SGDPState(stored)
