@@ -70,6 +70,18 @@ def branch_gradient(
     raise ValueError(f"branch must be one of {BRANCHES} (got {branch!r})")
 
 
+def rel_err(a, b) -> float:
+    """``max |a - b| / max |b|`` over the whole array (0 for two empty arrays).
+
+    Relative to the array's scale rather than elementwise: an entry that is a difference of
+    near-equal terms (a moment after a sign change of g) carries the rounding of the terms.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
 def reference_trajectory(
     optimizer: str, param, grads, **hyperparams
 ) -> list[tuple[np.ndarray, tuple]]:

@@ -27,11 +27,3 @@ def torch_trajectory(opt_cls, param, grads, state_keys, **hp):
             )
         )
     return out
-
-
-def rel_err(a, b) -> float:
-    """max |a - b| / max(|b|), the relative error of a whole array (0 for equal empty arrays)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))

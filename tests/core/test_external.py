@@ -20,9 +20,9 @@ import pytest
 import pytorch_optimizer
 
 from adamp_core import decide
-from adamp_core.testing import BRANCHES, branch_gradient, reference_trajectory
+from adamp_core.testing import BRANCHES, branch_gradient, reference_trajectory, rel_err
 
-from ._official import rel_err, torch_trajectory
+from ._official import torch_trajectory
 
 SHAPES = [(4, 3), (6, 5), (3, 4, 5), (8, 4, 3, 3), (1, 7), (2, 1, 3), (5, 1)]
 STEPS = 5

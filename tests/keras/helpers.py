@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from adamp_core import decide
+from adamp_core.testing import rel_err
 
 # Relative error allowed per dtype, measured against max |reference| of the tensor (an update
 # that cancels a weight leaves a rounding error of the weight's size, not of the result's).
@@ -58,8 +59,7 @@ def run(opt, param: np.ndarray, grads, optimizer: str, dtype=None):
 def assert_close(actual, expected, dtype: str = "float64", what: str = "") -> None:
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     assert actual.shape == expected.shape, what
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), np.finfo(np.float64).tiny)
-    err = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
+    err = rel_err(actual, expected)
     assert err <= REL_TOL[dtype], f"{what}: relative error {err:.3g} > {REL_TOL[dtype]:.3g}"
 
 

@@ -20,14 +20,6 @@ STATE_KEYS = {"adamp": ("exp_avg", "exp_avg_sq"), "sgdp": ("momentum",)}
 REF_STATE = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq", "momentum": "momentum_buffer"}
 
 
-def rel_err(a, b) -> float:
-    """max |a - b| / max |b| over the whole array (0 for empty arrays)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
-
-
 def to_np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy().copy()
 

@@ -15,9 +15,9 @@ import torch
 import torch.multiprocessing as mp
 
 from adamp_core import decide
-from adamp_core.testing import reference_trajectory
+from adamp_core.testing import reference_trajectory, rel_err
 from tests.torch import _dist_worker as worker
-from tests.torch.helpers import REL_TOL, rel_err
+from tests.torch.helpers import REL_TOL
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

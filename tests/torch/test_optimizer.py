@@ -15,7 +15,8 @@ import pytest
 import torch
 from adamp_torch import SGDP, AdamP, ViewCounter
 
-from tests.torch.helpers import REL_TOL, rel_err
+from adamp_core.testing import rel_err
+from tests.torch.helpers import REL_TOL
 
 OPTS = {
     "adamp": (AdamP, dict(lr=1e-2, weight_decay=0.1)),

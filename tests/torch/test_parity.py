@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from adamp_core import decide
-from adamp_core.testing import BRANCHES, branch_gradient, reference_trajectory
-from tests.torch.helpers import REF_STATE, REL_TOL, STATE_KEYS, make, rel_err, run
+from adamp_core.testing import BRANCHES, branch_gradient, reference_trajectory, rel_err
+from tests.torch.helpers import REF_STATE, REL_TOL, STATE_KEYS, make, run
 
 STEPS = 5
 SHAPES = [(6, 4), (3, 3, 2, 5), (8, 3, 3, 3), (1, 7), (5,), ()]
