@@ -12,7 +12,8 @@ then stepped in turn, round after round, so that load from other processes falls
 them alike; the median over rounds is printed, with the ratio of medians of wall time and of
 process CPU time. Peak extra memory is measured in a child process in which glibc maps every
 allocation above 64 KiB separately (so freed temporaries leave the resident set): the growth of
-the peak resident set during one step, once the state exists.
+the peak resident set during one step, once the state exists. Buffers an optimizer keeps
+between steps besides its state are printed apart ("kept"), since they count in neither.
 
 Run: ``python benchmarks/bench_torch.py`` (about 3 minutes on 2 cores). ``--compile`` adds the
 ``torch.compile(opt.step)`` rows (cold compile included; several more minutes).
@@ -100,6 +101,12 @@ def state_bytes(opt: torch.optim.Optimizer) -> int:
         for v in s.values()
         if isinstance(v, torch.Tensor) and v.numel() > 1
     )
+
+
+def kept_bytes(opt: torch.optim.Optimizer) -> int:
+    """Temporaries an optimizer keeps between steps besides its state (adamp_torch's reused
+    buffers; torch.optim and the other ports keep none)."""
+    return sum(t.numel() * t.element_size() for t in getattr(opt, "_work", {}).values())
 
 
 def optimizers() -> dict[str, tuple[str, object]]:
@@ -196,7 +203,8 @@ def _memory_of(name: str) -> None:
     opt = optimizers()[name][1](params)
     opt.step()
     opt.step()
-    print(json.dumps({"mem": peak_extra(opt.step), "state": state_bytes(opt)}))
+    mem = peak_extra(opt.step)
+    print(json.dumps({"mem": mem, "state": state_bytes(opt), "kept": kept_bytes(opt)}))
 
 
 def main() -> None:
@@ -230,7 +238,7 @@ def main() -> None:
     head = (
         f"| {'optimizer':38} | {'random ms':>9} | {'ratio':>5} | {'cpu':>5} | "
         f"{'scale-inv ms':>12} | {'ratio':>5} | {'cpu':>5} | {'peak extra MB':>13} | "
-        f"{'state MB':>8} | {'cold s':>6} |"
+        f"{'state MB':>8} | {'kept MB':>7} | {'cold s':>6} |"
     )
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
@@ -248,17 +256,21 @@ def main() -> None:
             cells.append(f"{r['cpu'] / b['cpu']:5.2f}")
         if compiled:
             cold = max(src[k][name]["cold"] for k in kinds)
-            tail = f"{'-':>13} | {'-':>8} | {cold:6.1f}"
+            tail = f"{'-':>13} | {'-':>8} | {'-':>7} | {cold:6.1f}"
             label = f"compile({name})"
         else:
             m = mem[name]
-            tail = f"{m['mem'] / 2**20:13.1f} | {m['state'] / 2**20:8.1f} | {'-':>6}"
+            tail = (
+                f"{m['mem'] / 2**20:13.1f} | {m['state'] / 2**20:8.1f} | "
+                f"{m['kept'] / 2**20:7.1f} | {'-':>6}"
+            )
             label = name
         print(f"| {label:38} | " + " | ".join(cells) + f" | {tail} |")
     print(
         "ratio: median wall time over the baseline's (cpu: the same with process CPU time); "
         "baseline AdamW(foreach=True) for AdamP rows, SGD(momentum=0.9, foreach=True) for SGDP "
-        "rows, compiled rows against the compiled baseline. Peak extra: one step, random grads."
+        "rows, compiled rows against the compiled baseline. Peak extra: one step, random grads; "
+        "kept: temporaries held between steps besides the state."
     )
 
 

@@ -26,6 +26,7 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         self._layouts: dict[tuple, _kernel.Layout] = {}
+        self._work: dict[tuple, Tensor] = {}  # reused temporaries (_kernel.flat_buffers)
         self.track_views = False
         self.last_views: dict[Tensor, Tensor] = {}
         super().__init__(params, defaults)
@@ -48,6 +49,7 @@ class ProjectionOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_layouts", {})
+        self.__dict__.setdefault("_work", {})
         self.__dict__.setdefault("track_views", False)
         self.__dict__.setdefault("last_views", {})
         for group in self.param_groups:  # state dicts of the official package / timm

@@ -367,6 +367,39 @@ def per_tensor(x: Tensor) -> list[Tensor]:
     return list(x.unbind())
 
 
+def flat_buffers(
+    like: Sequence[Tensor],
+    *,
+    zero: bool = False,
+    overlap: bool = False,
+    cache: dict | None = None,
+    slot: int = 0,
+) -> list[Tensor]:
+    """Contiguous temporaries shaped like ``like``: views of one flat buffer.
+
+    ``overlap``: every view starts at the buffer's start (scratch used one tensor at a time,
+    sized by the largest tensor). With ``cache``, the buffer is kept there (per slot, device
+    and dtype, grown to the largest request) and reused by the next bucket and step: a fresh
+    allocation of this size is a new mapping on Linux, and writing into it first costs a page
+    fault per 4 KiB (on ResNet-50 shapes: 57 ms per AdamP step against 42 ms reused).
+    """
+    sizes = [x.numel() for x in like]
+    total = max(sizes) if overlap else sum(sizes)
+    dtype, device = like[0].dtype, like[0].device
+    key = (slot, device, dtype)
+    flat = cache.get(key) if cache is not None else None
+    if flat is None or flat.numel() < total:
+        flat = torch.empty(total, dtype=dtype, device=device)
+        if cache is not None:
+            cache[key] = flat
+    flat = flat[:total]
+    if zero:
+        flat.zero_()
+    if overlap:
+        return [flat[:n].view(x.shape) for n, x in zip(sizes, like, strict=True)]
+    return [b.view(x.shape) for b, x in zip(flat.split(sizes), like, strict=True)]
+
+
 # ----------------------------------------------------------------------------- scalars
 
 

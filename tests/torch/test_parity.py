@@ -219,3 +219,60 @@ def test_small_buckets_change_nothing(name, case, branch, monkeypatch):
     for p, p_init, g in zip(ps, p0, grads, strict=True):
         ref = reference_trajectory(name, p_init, g, **hp)
         assert rel_err(p.detach().numpy(), ref[-1][0]) <= REL_TOL[torch.float64]
+
+
+@pytest.fixture(params=["fused", "foreach"])
+def adamp_path(request, monkeypatch):
+    """AdamP forms u with ``torch._fused_adam_`` where it can (contiguous CPU tensors, no
+    Nesterov); "foreach" forces the general path everywhere. Counts the fused calls."""
+    import adamp_torch.adamp
+
+    calls = []
+    if request.param == "foreach":
+        monkeypatch.setattr(adamp_torch.adamp, "_fused_moments", lambda *a: False)
+    else:
+        fused = torch._fused_adam_
+        monkeypatch.setattr(
+            torch, "_fused_adam_", lambda *a, **k: calls.append(1) or fused(*a, **k)
+        )
+    return request.param, calls
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("shape", [(6, 4), (8, 3, 3, 3), (5,)], ids=str)
+@pytest.mark.parametrize("case", range(len(HYPER["adamp"])))
+def test_adamp_paths_equal_reference(adamp_path, case, shape, branch):
+    """Both of AdamP's paths follow the reference in float64; the fused one is taken exactly
+    when it applies (case 1 is Nesterov, which the fused kernel does not have)."""
+    path, calls = adamp_path
+    hp = HYPER["adamp"][case]
+    rng = np.random.default_rng(_seed("paths", case, shape, branch))
+    p0 = rng.standard_normal(shape)
+    grads = _grads(shape, branch, _seed(shape, branch, "paths"), p0)
+    ref = reference_trajectory("adamp", p0, grads, **hp)
+    ours = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    for t, ((rp, rs), (op, ost, _), _) in enumerate(zip(ref, ours, grads, strict=True)):
+        assert rel_err(op, rp) <= REL_TOL[torch.float64], f"param differs at step {t + 1}"
+        for key in STATE_KEYS["adamp"]:
+            assert rel_err(ost[key], getattr(rs, REF_STATE[key])) <= REL_TOL[torch.float64]
+    fused_expected = path == "fused" and not hp.get("nesterov", False)
+    assert len(calls) == (STEPS if fused_expected else 0)
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_adamp_paths_agree_in_float32(branch, monkeypatch):
+    """The fused and general paths differ only in rounding in float32 (a few ulps per step)."""
+    import adamp_torch.adamp
+
+    rng = np.random.default_rng(_seed("paths32", branch))
+    p0 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    grads = [np.float32(g) for g in _grads(p0.shape, branch, _seed("g32", branch), p0)]
+    hp = dict(lr=1e-2, weight_decay=0.1)
+    fused = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    monkeypatch.setattr(adamp_torch.adamp, "_fused_moments", lambda *a: False)
+    general = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    for (fp, fst, fv), (gp, gst, gv) in zip(fused, general, strict=True):
+        assert fv == gv
+        assert rel_err(fp, gp) <= 1e-6
+        for key in STATE_KEYS["adamp"]:
+            assert rel_err(fst[key], gst[key]) <= 1e-6
