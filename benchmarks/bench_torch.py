@@ -222,6 +222,11 @@ def main() -> None:
     only = {s for s in args.only.split(",") if s}
     names = [n for n, (fam, _) in opts.items() if not only or n in only or BASELINE[fam] == n]
     kinds = [k for k in args.kinds.split(",") if k]
+    # A discarded first pass: glibc serves the baselines' per-step temporaries from fresh
+    # mappings (a page fault per 4 KiB) until a whole set of optimizers has been freed once;
+    # measured here, AdamW(foreach) took 51 ms per step in the first gradient kind timed and
+    # 27 ms in the second, whichever kind came first. After this pass every row is timed warm.
+    time_rows(names, kinds[0], 1, False)
     timed = {kind: time_rows(names, kind, args.rounds, False) for kind in kinds}
     rows = [(n, False) for n in names]
     if args.compile:
