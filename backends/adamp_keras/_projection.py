@@ -37,12 +37,29 @@ def bias_correction(beta: float, t, dtype: str):
     return -ops.expm1(ops.cast(t, dtype) * ops.convert_to_tensor(log_beta, dtype=dtype))
 
 
+def _row_sum(x):
+    """Sums a ``(rows / k, k, C, after)`` view over every axis but C, in two stages.
+
+    Stage 1 sums each block of k consecutive rows (and ``after``), stage 2 the ``rows / k``
+    partial sums; k is the largest of 16, 8, 4, 2, 1 that divides the rows (of 4, 8 and 16,
+    16 was fastest). XLA on CPU (TensorFlow 2.21, ``jit_compile``) rewrites a one-stage sum over
+    the rows of a channel-last kernel into a reduce-window with strided reads; the two stages
+    took 0.4-0.5 ms against 2.1-2.6 ms for ``sum(g * p)`` over a 3x3x512x512 kernel, and
+    without XLA 1.4 ms against 1.2 ms (2 shared CPU cores). XLA's simplifier would merge the
+    two sums back into one, and the layer view's sum of these sums into a second full-size
+    reduction: ``where(isnan(s), nan, s)``, an identity, keeps them apart.
+    """
+    s = ops.sum(x, axis=(1, 3))
+    s = ops.where(ops.isnan(s), float("nan"), s)
+    return ops.sum(s, axis=0)
+
+
 def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2=None):
     """(P1)-(P5) on one eligible parameter (ndim >= 2, non-empty), all tensors in one dtype.
 
     The channel view reduces a ``(before, C, after)`` view of each tensor over its outer axes
-    (no transpose; XLA on CPU reduces this 3-D view about twice as fast as the N-D one); the
-    layer view sums the per-channel sums. (P4) is applied as ``u - p * c`` with
+    in two stages (``_row_sum``: no transpose); the layer view sums the per-channel sums.
+    (P4) is applied as ``u - p * c`` with
     ``c = <p, u> / (|p| + eps)^2`` per row, which equals ``u - p_hat <p_hat, u>``; one
     ``ops.where`` picks the coefficient of the view that fired (channel first, D3), or 0.
 
@@ -55,11 +72,13 @@ def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2
     shape = tuple(p.shape)
     n_layer = math.prod(shape)
     n_channel = n_layer // shape[axis]
-    view = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+    before = math.prod(shape[:axis])
+    k = next(k for k in (16, 8, 4, 2, 1) if before % k == 0)
+    view = (before // k, k, shape[axis], math.prod(shape[axis + 1 :]))
     keep = tuple(c if a == axis else 1 for a, c in enumerate(shape))  # broadcasts against p
 
     def row_sum(x):
-        return ops.reshape(ops.sum(ops.reshape(x, view), axis=(0, 2)), keep)
+        return ops.reshape(_row_sum(ops.reshape(x, view)), keep)
 
     gp, gg, pp = row_sum(g * p), row_sum(g * g if g2 is None else g2), row_sum(p * p)
     gp_l, gg_l, pp_l = ops.sum(gp), ops.sum(gg), ops.sum(pp)
