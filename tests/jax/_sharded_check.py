@@ -18,10 +18,10 @@ from jax.sharding import PartitionSpec as P
 
 from adamp_core.testing import branch_gradient
 
-# On a loaded 2-core machine the in-process all-reduce of XLA's CPU client sometimes waited
-# forever ("Expected 2 threads to join the rendezvous", then abort): 2 of 8 runs with both cores
-# busy. With one program in flight at a time (no asynchronous dispatch, each step awaited) it
-# hung in 0 of 10 such runs. The numbers checked are unchanged.
+# On a loaded 2-core machine the in-process all-reduce of XLA's CPU client sometimes waits
+# forever ("Expected 2 threads to join the rendezvous", then abort after 40 s): 2 of 8 runs with
+# both cores busy. With one program in flight at a time (no asynchronous dispatch, each step
+# awaited), 1 of 22 such runs; test_sharding.py retries that one failure.
 jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 # Sums over a sharded axis are split across devices, so they round in another order: a few
