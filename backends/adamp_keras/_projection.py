@@ -54,7 +54,7 @@ def _row_sum(x):
     return ops.sum(s, axis=0)
 
 
-def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2=None):
+def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2=None, apply=True):
     """(P1)-(P5) on one eligible parameter (ndim >= 2, non-empty), all tensors in one dtype.
 
     The channel view reduces a ``(before, C, after)`` view of each tensor over its outer axes
@@ -65,9 +65,11 @@ def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2
 
     Args:
       g2: ``g * g`` when the caller has it already (AdamP's second moment), to save a pass.
+      apply: False returns the per-row coefficient ``c`` in place of the projected ``u``, for
+        callers that fold ``-a p c`` into their own update of ``p`` (one pass fewer).
 
     Returns:
-      ``(u, r, fired_channel, fired_layer)``; the flags are 0-d booleans.
+      ``(u or c, r, fired_channel, fired_layer)``; the flags are 0-d booleans.
     """
     shape = tuple(p.shape)
     n_layer = math.prod(shape)
@@ -94,11 +96,12 @@ def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2
     coef_c = pu / ops.square(ops.sqrt(pp) + eps)  # P4 on channel rows
     coef_l = ops.sum(pu) / ops.square(ops.sqrt(pp_l) + eps)  # P4 on the whole tensor
     coef = ops.where(fired_c, coef_c, ops.where(fired_l, coef_l, ops.zeros_like(coef_l)))
-    u = u - p * coef
+    if apply:
+        u = u - p * coef
     fired = ops.logical_or(fired_c, fired_l)
     one = ops.ones((), dtype=u.dtype)
     r = ops.where(fired, ops.convert_to_tensor(wd_ratio, dtype=u.dtype), one)  # P5
-    return u, r, fired_c, fired_l
+    return (u if apply else coef), r, fired_c, fired_l
 
 
 def lookup_path(mapping: Mapping[str, int], path: str) -> int | None:
@@ -207,13 +210,23 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
         dt = compute_dtype(variable.dtype)
         return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), ops.cast(gradient, dt)
 
-    def _project(self, i: int, p, g, u, g2=None):
-        """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires."""
+    def _project(self, i: int, p, g, u, g2=None, apply=True):
+        """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires;
+        with ``apply=False``, ``(c, r)``: the projection is ``u - p * c`` (``c = 0`` when
+        nothing fired or the variable is not tested)."""
         axis = self._axes[i]
         if axis is None:  # D4: ndim <= 1
-            return u, 1.0
+            return (u if apply else 0.0), 1.0
         u, r, fired_c, fired_l = project(
-            p, g, u, axis=axis, delta=self.delta, wd_ratio=self.wd_ratio, eps=self.epsilon, g2=g2
+            p,
+            g,
+            u,
+            axis=axis,
+            delta=self.delta,
+            wd_ratio=self.wd_ratio,
+            eps=self.epsilon,
+            g2=g2,
+            apply=apply,
         )
         counts = self._projection_counts[i]
         if counts is not None:

@@ -108,10 +108,12 @@ class AdamP(ProjectedOptimizer):
         v = v_var * b2 + (1 - b2) * g2  # A3
         den = ops.sqrt(v) / ops.sqrt(bias_correction(b2, t, dt)) + eps  # A4, D5
         u = (b1 * m + (1 - b1) * g) / den if self.nesterov else m / den  # A5, D5: updated m
-        u, r = self._project(i, p, g, u, g2=g2)  # A6, D4
-        if self._decays(i):  # A7, D7: from the parameter before the step
-            p = p * (1 - lr * self.weight_decay * r)
-        p = p - (lr / bias_correction(b1, t, dt)) * u  # A8
+        c, r = self._project(i, p, g, u, g2=g2, apply=False)  # A6, D4: projected u is u - p c
+        a = lr / bias_correction(b1, t, dt)
+        # A7 (D7: from the parameter before the step) and A8 with the projection folded in:
+        # p (1 - lr wd r) - a (u - p c) = p (1 - lr wd r + a c) - a u, one pass over p
+        decay = 1 - lr * self.weight_decay * r if self._decays(i) else 1.0
+        p = p * (decay + a * c) - a * u
         self.assign(m_var, m)
         self.assign(v_var, v)
         self.assign(variable, ops.cast(p, variable.dtype))

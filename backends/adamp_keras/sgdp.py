@@ -104,12 +104,17 @@ class SGDP(ProjectedOptimizer):
         else:  # S1 with a zero buffer: mu * b vanishes, nothing is stored
             b = (1 - self.dampening) * g
         u = g + mu * b if self.nesterov else b  # S2
-        u, r = self._project(i, p, g, u)  # S3, D4
-        if self._decays(i):  # S4, D7: official divides by (1 - momentum)
-            p = p * (1 - lr * self.weight_decay * r / (1 - mu))
-        p = p - lr * u  # S5
+        project_buffer = self.project_buffer and not self.nesterov and mu != 0
+        # S3, D4; unless the projected u is stored (S6), it is folded into the update of p
+        u_or_c, r = self._project(i, p, g, u, apply=project_buffer)
+        decay = 1 - lr * self.weight_decay * r / (1 - mu) if self._decays(i) else 1.0  # S4, D7
+        if project_buffer:
+            u = u_or_c
+            p = p * decay - lr * u  # S5
+        else:  # p decay - lr (u - p c) = p (decay + lr c) - lr u
+            p = p * (decay + lr * u_or_c) - lr * u  # S4, S5
         if mu != 0:  # S6, D6
-            stored = u if self.project_buffer and not self.nesterov else b
+            stored = u if project_buffer else b
             self.assign(self._momentum_buffer[i], stored)
         self.assign(variable, ops.cast(p, variable.dtype))
 
