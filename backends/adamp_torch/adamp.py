@@ -110,12 +110,27 @@ class AdamP(ProjectionOptimizer):
         torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
         # A4, D5: den = sqrt(v) / sqrt(1 - b2^t) + eps, kept multiplied by sqrt(1 - b2^t), so
         # u below is u_A5 / sqrt(1 - b2^t) and the step size a carries that factor back
-        den = torch._foreach_sqrt(v)
+        # On a CPU, eager: den and u go to the buffers kept between steps (as in the fused path)
+        keep = device.type == "cpu" and not torch.compiler.is_compiling()
+        if keep:
+            den = _kernel.flat_buffers(ps, cache=self._work, slot=2)
+            u = _kernel.flat_buffers(ps, cache=self._work, slot=0)
+            for d, x in zip(den, v, strict=True):
+                torch.sqrt(x, out=d)
+        else:
+            den = torch._foreach_sqrt(v)
         torch._foreach_add_(den, _kernel.per_tensor(eps * sqrt_bc2))
         if group["nesterov"]:  # A5, D5: with the updated m
-            u = torch._foreach_mul(m, b1)
+            if keep:
+                for ui, mi in zip(u, m, strict=True):
+                    torch.mul(mi, b1, out=ui)
+            else:
+                u = torch._foreach_mul(m, b1)
             torch._foreach_add_(u, gs, alpha=1 - b1)
             torch._foreach_div_(u, den)
+        elif keep:
+            for ui, mi, di in zip(u, m, den, strict=True):
+                torch.div(mi, di, out=ui)
         else:
             u = torch._foreach_div(m, den)
         a = lr * sqrt_bc2 / bc1  # step size of (A8) for this scaled u
