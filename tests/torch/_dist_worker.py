@@ -36,6 +36,13 @@ def _init(rank: int, world: int, store_file: str) -> None:
     torch.manual_seed(0)
 
 
+def _finish() -> None:
+    """Both ranks reach the end before the group is torn down: a rank that destroys its gloo
+    pairs while the other still uses them can abort the other process."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def fsdp_grads() -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Initial weights and per-step full gradients, the same on every rank (seeded)."""
     rng = np.random.default_rng(5)
@@ -63,7 +70,7 @@ def fsdp2(rank: int, world: int, store_file: str, out_dir: str) -> None:
     mesh = init_device_mesh("cpu", (world,))
     for name in OPTS:
         _fsdp2_run(rank, mesh, out_dir, name)
-    dist.destroy_process_group()
+    _finish()
 
 
 def _fsdp2_run(rank: int, mesh, out_dir: str, name: str) -> None:
@@ -94,7 +101,7 @@ def ddp(rank: int, world: int, store_file: str, out_dir: str) -> None:
     _init(rank, world, store_file)
     for name in OPTS:
         _ddp_run(rank, world, out_dir, name)
-    dist.destroy_process_group()
+    _finish()
 
 
 def _ddp_run(rank: int, world: int, out_dir: str, name: str) -> None:
