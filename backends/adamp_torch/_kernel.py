@@ -400,6 +400,18 @@ def flat_buffers(
     return [b.view(x.shape) for b, x in zip(flat.split(sizes), like, strict=True)]
 
 
+def foreach_into(op: str, out: list[Tensor] | None, *args: Any) -> list[Tensor]:
+    """``torch._foreach_<op>(*args)``, or with ``out``, ``torch.<op>`` tensor by tensor into
+    ``out`` (``args``: lists of tensors, or scalars shared by every tensor)."""
+    if out is None:
+        return getattr(torch, f"_foreach_{op}")(*args)
+    fn = getattr(torch, op)
+    per = [a if isinstance(a, (list, tuple)) else [a] * len(out) for a in args]
+    for o, *xs in zip(out, *per, strict=True):
+        fn(*xs, out=o)
+    return out
+
+
 # ----------------------------------------------------------------------------- scalars
 
 

@@ -95,8 +95,7 @@ class AdamP(ProjectionOptimizer):
         torch._foreach_add_(steps, 1)  # A1 (host-side counters, as in torch.optim)
         if _fused_moments(group, ps, gs, m, v):
             return self._fused_update(group, layout, ps, gs, m, v, steps)
-        eps, wd = group["eps"], group["weight_decay"]
-        device = ps[0].device
+        eps, device = group["eps"], ps[0].device
         t = _kernel.step_scalars(steps, device)
         bc1, sqrt_bc2 = 1 - b1**t, (1 - b2**t).sqrt()
         lr = _kernel.as_device_scalar(group["lr"], device)
@@ -109,41 +108,20 @@ class AdamP(ProjectionOptimizer):
         torch._foreach_mul_(v, b2)  # A3
         torch._foreach_addcmul_(v, gs, gs, value=1 - b2)
         # A4, D5: den = sqrt(v) / sqrt(1 - b2^t) + eps, kept multiplied by sqrt(1 - b2^t), so
-        # u below is u_A5 / sqrt(1 - b2^t) and the step size a carries that factor back
-        # On a CPU, eager: den and u go to the buffers kept between steps (as in the fused path)
+        # u below is u_A5 / sqrt(1 - b2^t) and the step size a carries that factor back.
+        # On a CPU, eager, den and u are written into buffers kept between steps.
         keep = device.type == "cpu" and not torch.compiler.is_compiling()
-        if keep:
-            den = _kernel.flat_buffers(ps, cache=self._work, slot=2)
-            u = _kernel.flat_buffers(ps, cache=self._work, slot=0)
-            for d, x in zip(den, v, strict=True):
-                torch.sqrt(x, out=d)
-        else:
-            den = torch._foreach_sqrt(v)
+        den = _kernel.foreach_into("sqrt", self._kept(ps, 2) if keep else None, v)
         torch._foreach_add_(den, _kernel.per_tensor(eps * sqrt_bc2))
+        u_out = self._kept(ps, 0) if keep else None
         if group["nesterov"]:  # A5, D5: with the updated m
-            if keep:
-                for ui, mi in zip(u, m, strict=True):
-                    torch.mul(mi, b1, out=ui)
-            else:
-                u = torch._foreach_mul(m, b1)
+            u = _kernel.foreach_into("mul", u_out, m, b1)
             torch._foreach_add_(u, gs, alpha=1 - b1)
             torch._foreach_div_(u, den)
-        elif keep:
-            for ui, mi, di in zip(u, m, den, strict=True):
-                torch.div(mi, di, out=ui)
         else:
-            u = torch._foreach_div(m, den)
+            u = _kernel.foreach_into("div", u_out, m, den)
         a = lr * sqrt_bc2 / bc1  # step size of (A8) for this scaled u
-
-        # A6: projection as a per-row scale s; A7 + A8 as p * (1 - lr wd r + a s) - a u
-        _kernel.row_sums(layout, ps, gs, u, scratch=den)
-        del den
-        proj = _kernel.projection(layout, delta=group["delta"], eps=eps, wd_ratio=group["wd_ratio"])
-        decay = 1 - lr * wd * proj.r  # A7, D7
-        factor = decay[layout.seg] + a[layout.seg] * proj.s
-        torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
-        torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8
-        return proj.views
+        return self._project_and_apply(group, layout, ps, gs, u, a, lr, scratch=den)
 
     def _fused_update(self, group, layout, ps, gs, m, v, steps):
         """A2-A5 in one pass of ``torch._fused_adam_`` (the kernel behind
@@ -155,31 +133,33 @@ class AdamP(ProjectionOptimizer):
         temporaries kept between steps (docs/benchmarks.md has the same-run ratios).
         """
         b1, b2 = group["betas"]
-        eps, wd = group["eps"], group["weight_decay"]
-        z = _kernel.flat_buffers(ps, zero=True, cache=self._work, slot=0)
+        z = self._kept(ps, 0, zero=True)
         torch._fused_adam_(
-            z, gs, m, v, [], steps, lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0, eps=eps,
-            amsgrad=False, maximize=False,
+            z, gs, m, v, [], steps, lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0,
+            eps=group["eps"], amsgrad=False, maximize=False,
         )  # fmt: skip
         lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
-        # A6 on z: its per-row scale is s_z = -s / (1 - b1^t), so with a = lr / (1 - b1^t),
-        # p (1 - lr wd r + a s) - a u = p (1 - lr wd r - lr s_z) + lr z
-        _kernel.row_sums(
-            layout,
-            ps,
-            gs,
-            z,
-            scratch=_kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1),
+        # For u = -(1 - b1^t) z, the step size lr / (1 - b1^t) of (A8) becomes -lr for z
+        a = -lr * torch.ones(len(ps), dtype=torch.float64, device=ps[0].device)
+        scratch = _kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1)
+        return self._project_and_apply(group, layout, ps, gs, z, a, lr, scratch=scratch)
+
+    def _project_and_apply(self, group, layout, ps, gs, u, a, lr, *, scratch):
+        """(A6)-(A8) for a bucket: the projection as a per-row scale s of ``u``, then
+        ``p * (1 - lr wd r + a s) - a u`` with ``a`` the (T,) step sizes for this ``u``."""
+        _kernel.row_sums(layout, ps, gs, u, scratch=scratch)
+        proj = _kernel.projection(
+            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
         )
-        proj = _kernel.projection(layout, delta=group["delta"], eps=eps, wd_ratio=group["wd_ratio"])
-        decay = 1 - lr * wd * proj.r  # A7, D7
-        factor = decay[layout.seg] - lr * proj.s
+        decay = 1 - lr * group["weight_decay"] * proj.r  # A7, D7
+        factor = decay[layout.seg] + a[layout.seg] * proj.s
         torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
-        if isinstance(lr, float):
-            torch._foreach_add_(ps, z, alpha=lr)  # A8
-        else:
-            torch._foreach_addcmul_(ps, z, [lr] * len(ps))  # A8
+        torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8
         return proj.views
+
+    def _kept(self, ps, slot, zero=False):
+        """Bucket-sized temporaries kept between steps (``_kernel.flat_buffers``)."""
+        return _kernel.flat_buffers(ps, zero=zero, cache=self._work, slot=slot)
 
 
 def _fused_moments(group, ps, gs, m, v) -> bool:
