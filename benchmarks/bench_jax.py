@@ -6,6 +6,8 @@ random gradients and with scale-invariant ones (each conv kernel's gradient orth
 output channels, as behind BatchNorm, so the channel view fires). Every step is one ``jax.jit``
 call with the params and the optimizer state donated. Memory is XLA's own account of the
 compiled step (``memory_analysis``): optimizer state, and temporary buffers at the peak.
+The header names ``XLA_FLAGS``: docs/benchmarks.md has runs with XLA's default CPU scheduler and
+with ``--xla_cpu_enable_concurrency_optimized_scheduler=false``.
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_jax.py [--steps 20] [--rounds 3]
 """
@@ -116,7 +118,8 @@ def main() -> None:
     print(
         f"{datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPU cores, jax {jax.__version__}, optax {optax.__version__}, "
-        f"{RESNET50_PARAMS:,} float32 params, median of {args.steps * args.rounds} steps\n"
+        f"{RESNET50_PARAMS:,} float32 params, median of {args.steps * args.rounds} steps, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n"
     )
     print("| gradients | optimizer | step (ms) | ratio to baseline | state (MiB) | temp (MiB) |")
     print("|---|---|---:|---:|---:|---:|")

@@ -6,7 +6,8 @@ Prints a Markdown table: median step time of ``adamp_keras.AdamP`` relative to
 ``optimizer.apply`` inside ``tf.function`` with and without ``jit_compile`` (XLA). All four
 optimizers are timed in the same run, interleaved round by round so that a load change on the
 machine hits them alike. Gradients are random (the projection costs the same whichever branch
-is taken: the branch is selected with tensor ops).
+is taken: the branch is selected with tensor ops). "Kept MiB": scratch an optimizer holds
+between steps besides its state (``adamp_keras.AdamP``'s target of TensorFlow's fused kernel).
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/bench_keras.py [--steps 10] [--rounds 3]
 """
@@ -76,6 +77,8 @@ def make_step(name: str, jit_compile: bool, shapes, seed: int = 0):
     def step():
         opt.apply(grads, variables)
 
+    scratch = getattr(opt, "_scratch_vars", None)
+    step.kept_mib = scratch.nbytes() / 2**20 if scratch is not None else 0.0
     return step
 
 
@@ -114,7 +117,7 @@ def main() -> None:
         for ours, base in PAIRS:
             rows.append(
                 (mode, ours, base, median[ours], median[base], median[ours] / median[base],
-                 compile_s[ours], compile_s[base])
+                 compile_s[ours], compile_s[base], steps[ours].kept_mib)
             )  # fmt: skip
         del steps
 
@@ -125,12 +128,15 @@ def main() -> None:
         f"{datetime.date.today()}; median of {args.rounds} x {args.steps} steps per optimizer."
     )
     print()
-    print("| mode | ours | baseline | ours ms/step | baseline ms/step | ratio | first call s |")
-    print("|---|---|---|---:|---:|---:|---:|")
-    for mode, ours, base, t_ours, t_base, ratio, c_ours, c_base in rows:
+    print(
+        "| mode | ours | baseline | ours ms/step | baseline ms/step | ratio | first call s "
+        "| kept MiB |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for mode, ours, base, t_ours, t_base, ratio, c_ours, c_base, kept in rows:
         print(
             f"| {mode} | {ours} | {base} | {1e3 * t_ours:.1f} | {1e3 * t_base:.1f} | "
-            f"{ratio:.2f}x | {c_ours:.1f} / {c_base:.1f} |"
+            f"{ratio:.2f}x | {c_ours:.1f} / {c_base:.1f} | {kept:.1f} |"
         )
 
 
