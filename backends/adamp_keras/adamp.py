@@ -47,19 +47,15 @@ class _Scratch:
         import tensorflow as tf
 
         self._vars = {}
-        with tf.init_scope():  # build() may run while a tf.function is traced
-            self._add(variables, moments)
-
-    def _add(self, variables, moments):
-        import tensorflow as tf
-
         for v, m in zip(variables, moments, strict=True):
             key = (tuple(v.shape), keras.backend.standardize_dtype(m.dtype))
-            if key not in self._vars:
-                with tf.distribute.get_strategy().extended.colocate_vars_with(m.value):
-                    self._vars[key] = tf.Variable(
-                        tf.zeros(key[0], key[1]), trainable=False, name="adamp_scratch"
-                    )
+            if key in self._vars:
+                continue
+            # init_scope: build() may run while a tf.function is traced
+            with tf.init_scope(), tf.distribute.get_strategy().extended.colocate_vars_with(m.value):
+                self._vars[key] = tf.Variable(
+                    tf.zeros(key[0], key[1]), trainable=False, name="adamp_scratch"
+                )
 
     def get(self, shape, dtype):
         return self._vars[(shape, keras.backend.standardize_dtype(dtype))]
