@@ -195,6 +195,7 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
             return
         super().build(variables)
         self._axes = [self._resolve_axis(v) for v in variables]
+        self._compiled = None  # see _project
         self._projection_counts = [
             self.add_variable((2,), dtype="int32", name="projection_counts")
             if self.track_projection and axis is not None
@@ -210,24 +211,36 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
         dt = compute_dtype(variable.dtype)
         return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), ops.cast(gradient, dt)
 
-    def _project(self, i: int, p, g, u, g2=None, apply=True):
+    def _project(self, i: int, p, g, u, g2=None, apply=True, direction=None):
         """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires;
         with ``apply=False``, ``(c, r)``: the projection is ``u - p * c`` (``c = 0`` when
-        nothing fired or the variable is not tested)."""
+        nothing fired or the variable is not tested).
+
+        ``direction``: TensorFlow backend outside XLA only. ``u`` is then an input ``x`` from
+        which ``direction(g, x)`` forms the direction, and the direction, the four channel sums
+        and the decision run as one XLA-compiled function (``apply`` must be False). Outside
+        XLA every TensorFlow operation writes its result; there, each product is fused into
+        its sum and the direction is never stored.
+        """
         axis = self._axes[i]
         if axis is None:  # D4: ndim <= 1
             return (u if apply else 0.0), 1.0
-        u, r, fired_c, fired_l = project(
-            p,
-            g,
-            u,
-            axis=axis,
-            delta=self.delta,
-            wd_ratio=self.wd_ratio,
-            eps=self.epsilon,
-            g2=g2,
-            apply=apply,
-        )
+        hp = dict(delta=self.delta, wd_ratio=self.wd_ratio, eps=self.epsilon)
+        if direction is None:
+            u, r, fired_c, fired_l = project(p, g, u, axis=axis, **hp, g2=g2, apply=apply)
+        else:
+            if self._compiled is None:  # one function per (shape, dtype, axis)
+                from adamp_keras._tf import Compiled
+
+                self._compiled = Compiled(
+                    lambda key: (
+                        lambda p, g, x: project(
+                            p, g, direction(g, x), axis=key[2], **hp, apply=False
+                        )
+                    )
+                )
+            key = (tuple(p.shape), keras.backend.standardize_dtype(p.dtype), axis)
+            u, r, fired_c, fired_l = self._compiled(key, p, g, u)
         counts = self._projection_counts[i]
         if counts is not None:
             self.assign_add(counts, ops.cast(ops.stack([fired_c, fired_l]), "int32"))

@@ -1,5 +1,6 @@
 """AdamP (A1-A8) as a Keras 3 optimizer, in ``keras.ops``; on the TensorFlow backend outside
-XLA, (A2)-(A5) and the final update run in TensorFlow's fused training kernels instead."""
+XLA, (A2)-(A5) and the final update run in TensorFlow's fused training kernels instead, and
+the projection in a small XLA-compiled function."""
 
 from __future__ import annotations
 
@@ -13,55 +14,9 @@ from adamp_keras._projection import ChannelAxis, ProjectedOptimizer, bias_correc
 KERAS_NAMES = {"lr": "learning_rate", "betas[0]": "beta_1", "betas[1]": "beta_2", "eps": "epsilon"}
 
 
-def _handle(variable):
-    """The resource handle of a Keras variable or of the ``tf.Variable`` Keras hands to
-    ``update_step`` (a replica's component under ``tf.distribute``)."""
-    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
-
-
-def _in_xla() -> bool:
-    """Whether TensorFlow is tracing for XLA (``jit_compile=True``), where XLA fuses the
-    element-wise operations itself and the fused kernel would only add the scratch's traffic.
-    TensorFlow has no public test for this; should its internal one move, the answer is False,
-    and the fused kernels, which XLA compiles too (the XLA tests pass on them), are used."""
-    import tensorflow as tf
-
-    try:
-        from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext
-    except ImportError:
-        return False
-    return bool(GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
-class _Scratch:
-    """TensorFlow only: one zero-initialised ``tf.Variable`` per distinct (shape, dtype) of the
-    moments, the target ``z`` of the fused kernel in ``AdamP._fused_update``.
-
-    A plain object, so that neither Keras' variable tracking nor TensorFlow's checkpoint
-    tracking sees these variables: they are scratch, not optimizer state (a ``.keras`` file
-    saved on one backend loads on another). Variables of one shape share a scratch; TensorFlow
-    orders the stateful operations on one resource in program order, inside ``tf.function`` too.
-    """
-
-    def __init__(self, variables, moments):
-        import tensorflow as tf
-
-        self._vars = {}
-        for v, m in zip(variables, moments, strict=True):
-            key = (tuple(v.shape), keras.backend.standardize_dtype(m.dtype))
-            if key in self._vars:
-                continue
-            # init_scope: build() may run while a tf.function is traced
-            with tf.init_scope(), tf.distribute.get_strategy().extended.colocate_vars_with(m.value):
-                self._vars[key] = tf.Variable(
-                    tf.zeros(key[0], key[1]), trainable=False, name="adamp_scratch"
-                )
-
-    def get(self, shape, dtype):
-        return self._vars[(shape, keras.backend.standardize_dtype(dtype))]
-
-    def nbytes(self) -> int:
-        return sum(v.shape.num_elements() * v.dtype.size for v in self._vars.values())
+def _given(g, z):
+    """The direction of ``AdamP._fused_update``'s projection: ``z`` as it is."""
+    return z
 
 
 @keras.saving.register_keras_serializable(package="adamp_keras")
@@ -157,7 +112,11 @@ class AdamP(ProjectedOptimizer):
             and keras.backend.backend() == "tensorflow"
             and min(self.beta_1, self.beta_2) >= 0.5
         )
-        self._scratch_vars = _Scratch(variables, self._exp_avg) if self._tf_fused else None
+        self._scratch_vars = None
+        if self._tf_fused:
+            from adamp_keras import _tf
+
+            self._scratch_vars = _tf.Scratch(variables, self._exp_avg)
 
     def update_step(self, gradient, variable, learning_rate):
         begun = self._begin(gradient, variable, learning_rate)
@@ -168,9 +127,12 @@ class AdamP(ProjectedOptimizer):
         m_var, v_var = self._exp_avg[i], self._exp_avg_sq[i]
 
         t = self.iterations + 1  # A1: Keras counts steps per optimizer, not per variable
-        if self._tf_fused and not _in_xla():
-            self._fused_update(i, variable, lr, p, g, t)
-            return
+        if self._tf_fused:
+            from adamp_keras import _tf
+
+            if not _tf.in_xla():
+                self._fused_update(i, variable, lr, p, g, t)
+                return
         m = m_var * b1 + (1 - b1) * g  # A2
         g2 = g * g
         v = v_var * b2 + (1 - b2) * g2  # A3
@@ -193,11 +155,14 @@ class AdamP(ProjectedOptimizer):
         ``lr = 1``, both powers 0 and ``epsilon = eps sqrt(1 - b2^t)`` to a zeroed scratch
         variable ``z``, updates m and v (A2, A3) and leaves ``z = -u / sqrt(1 - b2^t)``, with
         the reference's denominator ``sqrt(v) / sqrt(1 - b2^t) + eps`` (A4, A5, D5): one pass
-        over g, m, v and z in place of a kernel per operation. The projection and the update
-        are taken on ``z`` (``u = k z``, ``k = -sqrt(1 - b2^t)``), and the update is
-        ``p <- p (1 - lr wd r + a c)`` followed by ``ResourceApplyGradientDescent`` of ``a z``.
+        over g, m, v and z in place of a kernel per operation. The projection is taken on
+        ``z`` (``u = k z``, ``k = -sqrt(1 - b2^t)``) by one XLA-compiled function (``_project``
+        with ``direction``), and the update is ``p <- p (1 - lr wd r + a c)`` followed by
+        ``ResourceApplyGradientDescent`` of ``a z``.
         """
         import tensorflow as tf
+
+        from adamp_keras._tf import handle, same_dtype
 
         dt = p.dtype
         z = self._scratch_vars.get(tuple(variable.shape), dt)
@@ -206,8 +171,8 @@ class AdamP(ProjectedOptimizer):
         zero = ops.zeros((), dt)
         tf.raw_ops.ResourceApplyAdam(
             var=z.handle,
-            m=_handle(self._exp_avg[i]),
-            v=_handle(self._exp_avg_sq[i]),
+            m=handle(self._exp_avg[i]),
+            v=handle(self._exp_avg_sq[i]),
             beta1_power=zero,
             beta2_power=zero,
             lr=ops.ones((), dt),
@@ -218,14 +183,15 @@ class AdamP(ProjectedOptimizer):
             use_nesterov=self.nesterov,
         )
         z = tf.raw_ops.ReadVariableOp(resource=z.handle, dtype=dt)
-        c, r = self._project(i, p, g, z, apply=False)  # the projected u is k (z - p c)
+        # The projected u is k (z - p c); the sums run in one XLA-compiled function.
+        c, r = self._project(i, p, g, z, apply=False, direction=_given)
         a = lr / bias_correction(self.beta_1, t, dt) * k  # A8's step size for z
         decay = 1 - lr * self.weight_decay * r if self._decays(i) else 1.0  # A7, D7
-        if keras.backend.standardize_dtype(variable.dtype) != keras.backend.standardize_dtype(dt):
+        if not same_dtype(variable.dtype, dt):
             self.assign(variable, ops.cast(p * (decay + a * c) - a * z, variable.dtype))  # D9
             return
         self.assign(variable, p * (decay + a * c))
-        tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=a, delta=z)
+        tf.raw_ops.ResourceApplyGradientDescent(var=handle(variable), alpha=a, delta=z)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -1,4 +1,5 @@
-"""SGDP (S1-S6) as a Keras 3 optimizer, in ``keras.ops`` only."""
+"""SGDP (S1-S6) as a Keras 3 optimizer, in ``keras.ops``; on the TensorFlow backend outside
+XLA, (S1), (S2) and the final update run in TensorFlow's fused momentum kernel instead."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ class SGDP(ProjectedOptimizer):
       Weights", ICLR 2021, Algorithm 1.
     """
 
+    # TensorFlow backend: S1, S2, S5 in TensorFlow's fused momentum kernel (see _fused_update).
+    # False takes the keras.ops path on every backend (tests compare the two).
+    use_fused_kernel = True
+
     def __init__(
         self,
         learning_rate=0.01,
@@ -91,6 +96,14 @@ class SGDP(ProjectedOptimizer):
         super().build(variables)
         if self.momentum != 0:
             self._momentum_buffer = [self._state_variable(v, "momentum_buffer") for v in variables]
+        # The fused kernel stores the momentum buffer; a stored projected direction (D6) is not
+        # what it stores, and without momentum there is no buffer to fuse with.
+        self._tf_fused = (
+            self.use_fused_kernel
+            and keras.backend.backend() == "tensorflow"
+            and self.momentum != 0
+            and not (self.project_buffer and not self.nesterov)
+        )
 
     def update_step(self, gradient, variable, learning_rate):
         begun = self._begin(gradient, variable, learning_rate)
@@ -98,6 +111,12 @@ class SGDP(ProjectedOptimizer):
             return
         i, lr, p, g = begun
         mu = self.momentum
+        if self._tf_fused:
+            from adamp_keras import _tf
+
+            if not _tf.in_xla() and _tf.same_dtype(variable.dtype, p.dtype):
+                self._fused_update(i, variable, lr, p, g)
+                return
 
         if mu != 0:
             b = self._momentum_buffer[i] * mu + (1 - self.dampening) * g  # S1
@@ -117,6 +136,43 @@ class SGDP(ProjectedOptimizer):
             stored = u if project_buffer else b
             self.assign(self._momentum_buffer[i], stored)
         self.assign(variable, ops.cast(p, variable.dtype))
+
+    def _direction(self, g, b):
+        """(S1), (S2): the direction from the gradient and the stored buffer."""
+        b = b * self.momentum + (1 - self.dampening) * g  # S1
+        return g + self.momentum * b if self.nesterov else b  # S2
+
+    def _fused_update(self, i, variable, lr, p, g):
+        """(S1)-(S6) on the TensorFlow backend outside XLA, for float32 and float64 variables
+        with momentum whose stored buffer is not projected.
+
+        The decision and ``c`` come from one XLA-compiled function of ``(p, g, b_old)``
+        (``_project`` with ``direction``), which forms the new buffer and the direction
+        in registers while it takes the four channel sums. Then ``p`` is scaled by
+        ``1 - lr wd r / (1 - mu) + lr c`` (S4, and the projection's ``lr p c``), and
+        ``tf.raw_ops.ResourceApplyMomentum`` (the kernel of ``tf.keras``' momentum SGD)
+        updates the buffer and subtracts ``lr u`` in one pass over g, b and p (S1, S2, S5, S6).
+        Its buffer update ``b mu + g`` is the reference's operation for dampening 0; with
+        dampening, ``g`` is scaled by ``1 - dampening`` first.
+        """
+        import tensorflow as tf
+
+        from adamp_keras._tf import handle
+
+        mu, damp, dt = self.momentum, self.dampening, p.dtype
+        buf = self._momentum_buffer[i]
+        c, r = self._project(i, p, g, ops.cast(buf, dt), apply=False, direction=self._direction)
+        decay = 1 - lr * self.weight_decay * r / (1 - mu) if self._decays(i) else 1.0  # S4, D7
+        if self._axes[i] is not None or self._decays(i):  # p (decay + lr c), then S5
+            self.assign(variable, p * (decay + lr * c))
+        tf.raw_ops.ResourceApplyMomentum(
+            var=handle(variable),
+            accum=handle(buf),
+            lr=lr,
+            grad=g * (1 - damp) if damp else g,  # the kernel adds its grad as is
+            momentum=ops.convert_to_tensor(mu, dt),
+            use_nesterov=self.nesterov,
+        )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -273,31 +273,39 @@ def _applier(opt, var, mode):
     )
 
 
+# Configurations the fused paths take on TensorFlow: both AdamP configurations, SGDP with
+# momentum, with Nesterov, and with dampening (its gradient is scaled before the kernel).
+FUSED = [("adamp", hp) for hp in CONFIGS["adamp"]] + [
+    ("sgdp", CONFIGS["sgdp"][0]),
+    ("sgdp", CONFIGS["sgdp"][1]),
+    ("sgdp", {"lr": 0.1, "momentum": 0.5, "dampening": 0.3, "weight_decay": 0.1}),
+]
+
+
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
 @pytest.mark.parametrize("branch", ["channel", "layer", "none"])
-@pytest.mark.parametrize("config", range(len(CONFIGS["adamp"])))
-def test_tensorflow_fused_path_equals_keras_ops_path(float64, monkeypatch, config, branch):
-    """On TensorFlow, AdamP takes TensorFlow's fused kernels eagerly and in tf.function, and
-    the keras.ops path under XLA; both follow the reference, and the scratch of the fused
-    kernel is not optimizer state (the variables, and so .keras files, are the same)."""
-    import adamp_keras.adamp
+@pytest.mark.parametrize(("name", "hp"), FUSED, ids=str)
+def test_tensorflow_fused_path_equals_keras_ops_path(float64, monkeypatch, name, hp, branch):
+    """On TensorFlow, AdamP and SGDP take TensorFlow's fused kernels (and an XLA-compiled
+    projection) eagerly and in tf.function, and the keras.ops path under XLA; all follow the
+    reference, with the same decisions, and the scratch of AdamP's fused kernel is not
+    optimizer state (the variables, and so .keras files, are the same)."""
+    import adamp_keras
     import tensorflow as tf
 
+    cls = {"adamp": adamp_keras.AdamP, "sgdp": adamp_keras.SGDP}[name]
     calls = []
-    fused = adamp_keras.adamp.AdamP._fused_update
-    monkeypatch.setattr(
-        adamp_keras.adamp.AdamP,
-        "_fused_update",
-        lambda self, *a: calls.append(1) or fused(self, *a),
-    )
-    hp = CONFIGS["adamp"][config]
-    rng = np.random.default_rng(zlib.crc32(repr(("fused", config, branch)).encode()))
+    fused = cls._fused_update
+    monkeypatch.setattr(cls, "_fused_update", lambda self, *a: calls.append(1) or fused(self, *a))
+    rng = np.random.default_rng(zlib.crc32(repr(("fused", name, hp, branch)).encode()))
     param = rng.standard_normal((3, 3, 2, 5))
-    grads = branch_grads("adamp", param, branch, -1, hp, rng)
-    expected = reference_trajectory("adamp", param, grads, **hp, channel_axis=-1)
+    grads = branch_grads(name, param, branch, -1, hp, rng)
+    expected = reference_trajectory(name, param, grads, **hp, channel_axis=-1)
+    reached = views(param, grads, expected, hp, -1)
+    assert reached == [None if branch == "none" else branch] * STEPS
     ends = {}
     for mode in ("eager", "tf.function", "xla", "keras.ops"):
-        opt = make("adamp", hp)
+        opt = make(name, hp, track_projection=True)
         if mode == "keras.ops":
             opt.use_fused_kernel = False
         var = keras.Variable(param, dtype="float64", name="w")
@@ -309,8 +317,45 @@ def test_tensorflow_fused_path_equals_keras_ops_path(float64, monkeypatch, confi
         traced = {"eager": STEPS, "tf.function": 1, "xla": 0, "keras.ops": 0}[mode]
         assert len(calls) == traced, mode  # a tf.function traces its step once
         assert_close(keras.ops.convert_to_numpy(var), expected[-1][0], what=mode)
+        (counts,) = opt.projection_counts().values()
+        assert counts == (reached.count("channel"), reached.count("layer")), mode
         ends[mode] = [v.name for v in opt.variables]
     assert ends["eager"] == ends["keras.ops"]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
+@pytest.mark.parametrize(
+    ("hp", "dtype", "fused"),
+    [
+        ({"momentum": 0.9}, "float64", True),
+        ({"momentum": 0.9, "nesterov": True, "project_buffer": True}, "float64", True),
+        ({"momentum": 0.9, "project_buffer": True}, "float64", False),  # D6: u is stored
+        ({}, "float64", False),  # no momentum, no buffer
+        ({"momentum": 0.9}, "float16", False),  # D9: float32 buffer, float16 variable
+    ],
+    ids=str,
+)
+def test_sgdp_takes_the_fused_kernel_where_it_applies(request, monkeypatch, hp, dtype, fused):
+    """ResourceApplyMomentum stores the momentum buffer and updates a variable of its own
+    dtype: a stored projected direction (D6), no buffer, or a half-precision variable take
+    keras.ops. Either way the step follows the reference."""
+    import adamp_keras
+
+    if dtype == "float64":
+        request.getfixturevalue("float64")  # float64 learning rate too
+    calls = []
+    original = adamp_keras.SGDP._fused_update
+    monkeypatch.setattr(
+        adamp_keras.SGDP, "_fused_update", lambda self, *a: calls.append(1) or original(self, *a)
+    )
+    hp = {"lr": 0.1, "weight_decay": 0.1, **hp}
+    rng = np.random.default_rng(3)
+    param = rng.standard_normal((3, 4)).astype(dtype)
+    grads = [branch_gradient(param, rng, "channel", channel_axis=-1).astype(dtype) for _ in "abc"]
+    actual = run(make("sgdp", hp), param, grads, "sgdp")
+    assert bool(calls) is fused
+    expected = reference_trajectory("sgdp", param, grads, **hp, channel_axis=-1)
+    assert_close(actual[-1][0], expected[-1][0], what="param", dtype=dtype)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's fused kernels")
