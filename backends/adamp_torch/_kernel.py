@@ -326,16 +326,59 @@ class Projected:
     views: Tensor  # (T,) int8: 0 none, 1 channel, 2 layer
 
 
-def projection(layout: Layout, *, delta: float, eps: float, wd_ratio: float) -> Projected:
+def squared_row_sums(
+    layout: Layout, ps: Sequence[Tensor], gs: Sequence[Tensor], us: Sequence[Tensor]
+) -> Tensor:
+    """(P1) The channel view's sums of a bucket as a new (4, R + 1) tensor: ``<g,p>``,
+    ``|g|^2``, ``|p|^2``, ``<p,u>`` per row, zeros for ineligible tensors and the last column.
+
+    Written for ``torch.compile`` (SGDP's compiled steps): no ``out=`` and no buffer of the
+    layout is written, and Inductor fuses each tensor's four sums into one loop. Not for
+    sharded (DTensor) buckets.
+    """
+    cols = []
+    for r, p, g, u in zip(layout.rows, ps, gs, us, strict=True):
+        if r.axis is None:
+            cols.append(p.new_zeros(4, 1, dtype=layout.stats.dtype))
+            continue
+        dims = [d for d in range(p.ndim) if d != r.axis]
+        sums = [(g * p).sum(dims), (g * g).sum(dims), (p * p).sum(dims), (p * u).sum(dims)]
+        cols.append(torch.stack(sums))
+    cols.append(cols[0].new_zeros(4, 1))
+    return torch.cat(cols, dim=1)
+
+
+def rows_of(layout: Layout, rows: Tensor) -> list[Tensor]:
+    """A (R,) vector as one broadcastable view per tensor (``per_row`` without the copy into
+    the layout's buffer), in the sums' dtype."""
+    rows = rows.to(layout.stats.dtype)
+    return [
+        rows[r.start + r.local_start : r.start + r.local_start + r.local_rows].view(r.bshape)
+        for r in layout.rows
+    ]
+
+
+def projection(
+    layout: Layout,
+    *,
+    delta: float,
+    eps: float,
+    wd_ratio: float,
+    stats: Tensor | None = None,
+) -> Projected:
     """(P2)-(P5) from the row sums of a whole bucket; nothing is read on the host.
 
     Rows and whole tensors (the layer view's single row) are handled as one vector of
     ``R + T`` entries: the layer view's sums are the totals of the channel view's rows.
+    ``stats``: the sums with squared norms (``squared_row_sums``); by default the layout's
+    buffer, filled by ``row_sums`` with norms.
     """
-    stats, seg, table = layout.stats, layout.seg, layout.table
-    stats[1:3].square_()  # squared norms: the quantities that add up over shards and rows
-    for group in layout.shard_groups:  # FSDP2: rows or parts of rows live on other ranks
-        torch.distributed.all_reduce(stats, group=group)
+    seg, table = layout.seg, layout.table
+    if stats is None:
+        stats = layout.stats
+        stats[1:3].square_()  # squared norms: the quantities that add up over shards and rows
+        for group in layout.shard_groups:  # FSDP2: rows or parts of rows live on other ranks
+            torch.distributed.all_reduce(stats, group=group)
     n_rows = seg.shape[0]
     totals = stats[:, table].sum(-1)  # the padding column adds zeros
     gp, gg, pp, pu = torch.cat([stats[:, :n_rows], totals], dim=1)  # (R + T,): rows, tensors

@@ -103,25 +103,38 @@ class SGDP(ProjectionOptimizer):
         buf = [_kernel.local(s["momentum"]) for s in states]
         device = ps[0].device
         lr = _kernel.as_device_scalar(group["lr"], device)
+        # Under torch.compile the row sums and per-row factors are plain expressions, with no
+        # out= and no writes into the layout's buffers: the same step time within 3%, a third
+        # less compile time (docs/benchmarks.md). Sharded buckets reduce in the layout's buffer.
+        compiled = torch.compiler.is_compiling() and not layout.shard_groups
 
+        def per_row(x: Tensor, slot: int = 0) -> list[Tensor]:
+            return _kernel.rows_of(layout, x) if compiled else _kernel.per_row(layout, x, slot)
+
+        # The elementwise steps stay torch._foreach_* calls under compile too: per-tensor
+        # in-place ops on 0-d float64 tensors lose their update under Inductor on CPU (2.13).
         torch._foreach_mul_(buf, mu)  # S1, in the official operation order (D8)
         torch._foreach_add_(buf, gs, alpha=1 - damp)
         u = torch._foreach_add(gs, buf, alpha=mu) if group["nesterov"] else buf  # S2
         # S3: projection as a per-row scale s
-        scratch = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in ps]
-        _kernel.row_sums(layout, ps, gs, u, scratch)
-        del scratch
+        stats = None
+        if compiled:
+            stats = _kernel.squared_row_sums(layout, ps, gs, u)
+        else:
+            scratch = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in ps]
+            _kernel.row_sums(layout, ps, gs, u, scratch)
+            del scratch
         proj = _kernel.projection(
-            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
+            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"], stats=stats
         )
         decay = 1 - lr * wd * proj.r / (1 - mu)  # S4, D7: divided by (1 - momentum)
         if group["project_buffer"] and not group["nesterov"]:
             # S6, D6: the official code projects the buffer in place; u is the buffer here
-            torch._foreach_addcmul_(buf, ps, _kernel.per_row(layout, proj.s, slot=1), value=-1)
+            torch._foreach_addcmul_(buf, ps, per_row(proj.s, slot=1), value=-1)
             factor = decay[layout.seg]
         else:  # u is left as is; S4 + S5 as p * (1 - lr wd r / (1 - mu) + lr s) - lr u
             factor = decay[layout.seg] + lr * proj.s
-        torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
+        torch._foreach_mul_(ps, per_row(factor))
         if isinstance(lr, Tensor):  # S5
             torch._foreach_addcmul_(ps, u, [-lr] * len(ps))
         else:
