@@ -181,9 +181,19 @@ def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[
     }
 
 
+# Timing runs under a fixed glibc allocator: blocks up to 32 MiB (every ResNet-50 tensor) come
+# from the heap, which is never trimmed. With glibc's defaults the baselines' per-step
+# temporaries were fresh mappings (a page fault per 4 KiB) in some runs and not in others:
+# AdamW(foreach) took 51 ms or 27 ms per step depending on the order of the gradient kinds, and
+# 41, 33 and 24 ms in three runs of one day, while the kept buffers of adamp_torch do not fault.
+# Fixed, it took 25-29 ms in four runs. This is the stricter comparison for adamp_torch.
+TIMING_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
+
+
 def memory_rows(names: list[str]) -> dict[str, dict]:
     """Peak extra and state bytes per row, one child process per row (random gradients)."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = {k: v for k, v in os.environ.items() if k not in TIMING_MALLOC}
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     out = {}
     for name in names:
         res = subprocess.run(
@@ -217,15 +227,15 @@ def main() -> None:
     args = ap.parse_args()
     if args.memory_of:
         return _memory_of(args.memory_of)
+    if any(os.environ.get(k) != v for k, v in TIMING_MALLOC.items()):  # glibc reads them at start
+        env = dict(os.environ, **TIMING_MALLOC)
+        os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     torch.set_num_threads(2)
     opts = optimizers()
     only = {s for s in args.only.split(",") if s}
     names = [n for n, (fam, _) in opts.items() if not only or n in only or BASELINE[fam] == n]
     kinds = [k for k in args.kinds.split(",") if k]
-    # A discarded first pass: glibc serves the baselines' per-step temporaries from fresh
-    # mappings (a page fault per 4 KiB) until a whole set of optimizers has been freed once;
-    # measured here, AdamW(foreach) took 51 ms per step in the first gradient kind timed and
-    # 27 ms in the second, whichever kind came first. After this pass every row is timed warm.
+    # A discarded first pass, so that every row is timed warm (see TIMING_MALLOC).
     time_rows(names, kinds[0], 1, False)
     timed = {kind: time_rows(names, kind, args.rounds, False) for kind in kinds}
     rows = [(n, False) for n in names]

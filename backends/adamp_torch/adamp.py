@@ -125,33 +125,39 @@ class AdamP(ProjectionOptimizer):
 
     def _fused_update(self, group, layout, ps, gs, m, v, steps):
         """A2-A5 in one pass of ``torch._fused_adam_`` (the kernel behind
-        ``AdamW(fused=True)``), applied to a zero buffer ``z`` with ``lr = 1`` and no decay: it
-        updates ``m`` and ``v`` as (A2), (A3) and leaves ``z = -u / (1 - b1^t)``, with u of
-        (A4), (A5) formed as the reference forms it (``sqrt(v) / sqrt(1 - b2^t) + eps``).
-        This one pass replaces six foreach passes (lerp, mul, addcmul, sqrt, add, div); on
-        ResNet-50 shapes with 2 CPU threads the step went from 84 ms to 57, and to 42 with the
-        temporaries kept between steps (docs/benchmarks.md has the same-run ratios).
-        """
+        ``AdamW(fused=True)``), applied to a zero buffer ``z`` with the group's lr and no
+        decay: it updates ``m`` and ``v`` as (A2), (A3) and leaves ``z = -lr u / (1 - b1^t)``,
+        with u of (A4), (A5) formed as the reference forms it (``sqrt(v) / sqrt(1 - b2^t) +
+        eps``). The step is then ``p (1 - lr wd r) + z - p s``, one ``addcmul`` per tensor, with
+        ``s`` the projection's scale for ``z``. The fused pass replaces six foreach passes
+        (lerp, mul, addcmul, sqrt, add, div); on ResNet-50 shapes with 2 CPU threads the step
+        went from 84 ms to 57, and to 42 with the temporaries kept between steps
+        (docs/benchmarks.md has the same-run ratios)."""
         b1, b2 = group["betas"]
         z = self._kept(ps, 0, zero=True)
         torch._fused_adam_(
-            z, gs, m, v, [], steps, lr=1.0, beta1=b1, beta2=b2, weight_decay=0.0,
+            z, gs, m, v, [], steps, lr=group["lr"], beta1=b1, beta2=b2, weight_decay=0.0,
             eps=group["eps"], amsgrad=False, maximize=False,
         )  # fmt: skip
+        # z = -lr / (1 - b1^t) u, the step of (A8) itself: its step size is -1
         lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
-        # For u = -(1 - b1^t) z, the step size lr / (1 - b1^t) of (A8) becomes -lr for z
-        a = -lr * torch.ones(len(ps), dtype=torch.float64, device=ps[0].device)
         scratch = _kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1)
-        return self._project_and_apply(group, layout, ps, gs, z, a, lr, scratch=scratch)
+        return self._project_and_apply(group, layout, ps, gs, z, None, lr, scratch=scratch)
 
     def _project_and_apply(self, group, layout, ps, gs, u, a, lr, *, scratch):
         """(A6)-(A8) for a bucket: the projection as a per-row scale s of ``u``, then
-        ``p * (1 - lr wd r + a s) - a u`` with ``a`` the (T,) step sizes for this ``u``."""
+        ``p * (1 - lr wd r + a s) - a u`` with ``a`` the (T,) step sizes for this ``u``;
+        ``a = None`` stands for -1 (``u`` is the step), applied in one pass over ``p``."""
         _kernel.row_sums(layout, ps, gs, u, scratch=scratch)
         proj = _kernel.projection(
             layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
         )
         decay = 1 - lr * group["weight_decay"] * proj.r  # A7, D7
+        if a is None:  # p * factor + u, tensor by tensor (out= may be an input)
+            factors = _kernel.per_row(layout, decay[layout.seg] - proj.s)
+            for p, step, f in zip(ps, u, factors, strict=True):
+                torch.addcmul(step, p, f, out=p)  # A8
+            return proj.views
         factor = decay[layout.seg] + a[layout.seg] * proj.s
         torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
         torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8

@@ -101,6 +101,8 @@ class SGDP(ProjectionOptimizer):
     def _update_bucket(self, group, layout, ps, gs, states):
         mu, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
         buf = [_kernel.local(s["momentum"]) for s in states]
+        if _fused_momentum(group, layout, ps, gs, buf):
+            return self._fused_update(group, layout, ps, gs, buf)
         device = ps[0].device
         lr = _kernel.as_device_scalar(group["lr"], device)
         # Under torch.compile the row sums and per-row factors are plain expressions, with no
@@ -120,8 +122,9 @@ class SGDP(ProjectionOptimizer):
         stats = None
         if compiled:
             stats = _kernel.squared_row_sums(layout, ps, gs, u)
-        else:
-            scratch = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in ps]
+        else:  # the products go one tensor at a time into one buffer, still in cache
+            cache = self._work if device.type == "cpu" else None  # kept between steps on CPUs
+            scratch = _kernel.flat_buffers(ps, overlap=True, cache=cache, slot=1)
             _kernel.row_sums(layout, ps, gs, u, scratch)
             del scratch
         proj = _kernel.projection(
@@ -140,3 +143,51 @@ class SGDP(ProjectionOptimizer):
         else:
             torch._foreach_add_(ps, u, alpha=-lr)
         return proj.views
+
+    def _fused_update(self, group, layout, ps, gs, buf):
+        """(S1)-(S6) with the buffer update and the step in one pass of ``torch._fused_sgd_``
+        (the kernel behind ``SGD(fused=True)``): ``b <- mu b + (1 - dampening) g`` (S1), in the
+        reference's operation order, and ``p <- p - lr u`` (S2, S5) on ``p`` already scaled by
+        ``1 - lr wd r / (1 - mu) + lr s`` (S4 and the projection's ``lr p s``).
+
+        The projection needs ``<p, u>`` before that pass, so the row sums are taken with the
+        old buffer: ``<p, b> = mu <p, b_old> + (1 - dampening) <p, g>`` (S1), and with Nesterov
+        ``<p, u> = <p, g> + mu <p, b>`` (S2); ``<p, g>`` is one of the decision's sums anyway.
+        This replaces two passes of the buffer update and the step's own pass over ``u``.
+        """
+        mu, damp, nesterov = group["momentum"], group["dampening"], group["nesterov"]
+        scratch = _kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1)
+        _kernel.row_sums(layout, ps, gs, buf, scratch)  # <p, b_old> in the sums of <p, u>
+        gp, pu = layout.stats[0], layout.stats[3]
+        pu.mul_(mu).add_(gp, alpha=1 - damp)  # <p, b>, S1
+        if nesterov:
+            pu.mul_(mu).add_(gp)  # <p, g + mu b>, S2
+        proj = _kernel.projection(
+            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
+        )
+        lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
+        decay = 1 - lr * group["weight_decay"] * proj.r / (1 - mu)  # S4, D7
+        torch._foreach_mul_(ps, _kernel.per_row(layout, decay[layout.seg] + lr * proj.s))
+        torch._fused_sgd_(
+            ps, gs, buf, weight_decay=0.0, momentum=mu, lr=group["lr"], dampening=damp,
+            nesterov=nesterov, maximize=False, is_first_step=False,
+        )  # fmt: skip
+        return proj.views
+
+
+def _fused_momentum(group, layout, ps, gs, buf) -> bool:
+    """Whether ``torch._fused_sgd_`` can update the buffer and apply the step: with momentum
+    (without it the kernel neither reads nor writes the buffer) whose stored buffer is not the
+    projected direction (D6), on a CPU (elsewhere untested here), eager (compiled steps leave
+    the fusing to the compiler), unsharded, and on contiguous tensors of one dtype (the kernel
+    indexes them by one flat offset)."""
+    if (
+        group["momentum"] == 0
+        or (group["project_buffer"] and not group["nesterov"])
+        or torch.compiler.is_compiling()
+        or ps[0].device.type != "cpu"
+        or layout.shard_groups
+    ):
+        return False
+    dtype = ps[0].dtype
+    return all(x.dtype == dtype and x.is_contiguous() for xs in (ps, gs, buf) for x in xs)

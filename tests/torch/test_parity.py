@@ -312,3 +312,34 @@ def test_compiled_sgdp_equals_reference(case, monkeypatch):
             buf = opt.state[p]["momentum"].numpy()
             assert rel_err(buf, rs.momentum_buffer) <= REL_TOL[torch.float64], (t + 1, shapes[i])
     assert calls  # traced through the compile-only path
+
+
+SGDP_PATH_CASES = HYPER["sgdp"] + [dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=1e-2)]
+
+
+@pytest.mark.parametrize("path", ["fused", "foreach"])
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("hp", SGDP_PATH_CASES, ids=str)
+def test_sgdp_paths_equal_reference(monkeypatch, path, hp, branch):
+    """Both of SGDP's paths follow the reference in float64 (params and buffer); the fused
+    kernel is taken exactly when it applies: with momentum, and unless the projected buffer is
+    stored (D6). Its <p, u> comes from the old buffer, so dampening and Nesterov are checked."""
+    import adamp_torch.sgdp
+
+    calls = []
+    if path == "foreach":
+        monkeypatch.setattr(adamp_torch.sgdp, "_fused_momentum", lambda *a: False)
+    else:
+        fused = torch._fused_sgd_
+        monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    rng = np.random.default_rng(_seed("sgdp-paths", repr(hp), branch))
+    p0 = rng.standard_normal((8, 3, 3, 3))
+    grads = _grads(p0.shape, branch, _seed("sgdp-paths-g", repr(hp), branch), p0)
+    ref = reference_trajectory("sgdp", p0, grads, **hp)
+    ours = run("sgdp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    for t, ((rp, rs), (op, ost, _)) in enumerate(zip(ref, ours, strict=True)):
+        assert rel_err(op, rp) <= REL_TOL[torch.float64], f"param differs at step {t + 1}"
+        assert rel_err(ost["momentum"], rs.momentum_buffer) <= REL_TOL[torch.float64]
+    mu = hp.get("momentum", 0.0)
+    applies = mu != 0 and not (hp.get("project_buffer") and not hp.get("nesterov"))
+    assert len(calls) == (STEPS if path == "fused" and applies else 0)
