@@ -32,6 +32,7 @@ def in_xla() -> bool:
 
 
 def same_dtype(a, b) -> bool:
+    """Whether two dtypes (Keras names or TensorFlow dtypes) are the same."""
     return keras.backend.standardize_dtype(a) == keras.backend.standardize_dtype(b)
 
 
