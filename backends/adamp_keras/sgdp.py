@@ -118,11 +118,7 @@ class SGDP(ProjectedOptimizer):
                 self._fused_update(i, variable, lr, p, g)
                 return
 
-        if mu != 0:
-            b = self._momentum_buffer[i] * mu + (1 - self.dampening) * g  # S1
-        else:  # S1 with a zero buffer: mu * b vanishes, nothing is stored
-            b = (1 - self.dampening) * g
-        u = g + mu * b if self.nesterov else b  # S2
+        b, u = self._direction(g, self._momentum_buffer[i] if mu != 0 else None)  # S1, S2
         project_buffer = self.project_buffer and not self.nesterov and mu != 0
         # S3, D4; unless the projected u is stored (S6), it is folded into the update of p
         u_or_c, r = self._project(i, p, g, u, apply=project_buffer)
@@ -137,10 +133,18 @@ class SGDP(ProjectedOptimizer):
             self.assign(self._momentum_buffer[i], stored)
         self.assign(variable, ops.cast(p, variable.dtype))
 
-    def _direction(self, g, b):
-        """(S1), (S2): the direction from the gradient and the stored buffer."""
-        b = b * self.momentum + (1 - self.dampening) * g  # S1
-        return g + self.momentum * b if self.nesterov else b  # S2
+    def _direction(self, g, buf):
+        """(S1), (S2): the new buffer ``b`` and the direction ``u`` from the gradient and the
+        stored buffer (None without momentum: ``mu b`` vanishes and nothing is stored)."""
+        if buf is None:
+            b = (1 - self.dampening) * g
+        else:
+            b = buf * self.momentum + (1 - self.dampening) * g  # S1
+        return b, (g + self.momentum * b if self.nesterov else b)  # S2
+
+    def _fused_direction(self, g, buf):
+        """The direction of the projection in ``_fused_update`` (``_project``'s ``direction``)."""
+        return self._direction(g, buf)[1]
 
     def _fused_update(self, i, variable, lr, p, g):
         """(S1)-(S6) on the TensorFlow backend outside XLA, for float32 and float64 variables
@@ -161,9 +165,11 @@ class SGDP(ProjectedOptimizer):
 
         mu, damp, dt = self.momentum, self.dampening, p.dtype
         buf = self._momentum_buffer[i]
-        c, r = self._project(i, p, g, ops.cast(buf, dt), apply=False, direction=self._direction)
-        decay = 1 - lr * self.weight_decay * r / (1 - mu) if self._decays(i) else 1.0  # S4, D7
-        if self._axes[i] is not None or self._decays(i):  # p (decay + lr c), then S5
+        direction = self._fused_direction
+        c, r = self._project(i, p, g, ops.cast(buf, dt), apply=False, direction=direction)
+        decays = self._decays(i)
+        decay = 1 - lr * self.weight_decay * r / (1 - mu) if decays else 1.0  # S4, D7
+        if self._axes[i] is not None or decays:  # p (decay + lr c), then S5
             self.assign(variable, p * (decay + lr * c))
         tf.raw_ops.ResourceApplyMomentum(
             var=handle(variable),

@@ -443,6 +443,17 @@ def flat_buffers(
     return [b.view(x.shape) for b, x in zip(flat.split(sizes), like, strict=True)]
 
 
+def fused_kernel_applies(*lists: Sequence[Tensor]) -> bool:
+    """Whether PyTorch's fused CPU optimizer kernels (``torch._fused_adam_``,
+    ``torch._fused_sgd_``) can take these tensor lists: on a CPU (elsewhere they are untested
+    here), eager (compiled steps leave the fusing to the compiler), and contiguous tensors of
+    one dtype (the kernels index every list by the same flat offset)."""
+    first = lists[0][0]
+    if torch.compiler.is_compiling() or first.device.type != "cpu":
+        return False
+    return all(x.dtype == first.dtype and x.is_contiguous() for xs in lists for x in xs)
+
+
 def foreach_into(op: str, out: list[Tensor] | None, *args: Any) -> list[Tensor]:
     """``torch._foreach_<op>(*args)``, or with ``out``, ``torch.<op>`` tensor by tensor into
     ``out`` (``args``: lists of tensors, or scalars shared by every tensor)."""

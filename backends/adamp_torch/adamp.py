@@ -169,11 +169,7 @@ class AdamP(ProjectionOptimizer):
 
 
 def _fused_moments(group, ps, gs, m, v) -> bool:
-    """Whether ``torch._fused_adam_`` can form u: on a CPU (elsewhere its step counters must
-    live on the device, and it is untested here), eager (compiled steps leave the fusing to
-    the compiler), without Nesterov (which it does not have), and on contiguous tensors of one
-    dtype (it indexes all of them by the same flat offset)."""
-    if group["nesterov"] or torch.compiler.is_compiling() or ps[0].device.type != "cpu":
-        return False
-    dtype = ps[0].dtype
-    return all(x.dtype == dtype and x.is_contiguous() for xs in (ps, gs, m, v) for x in xs)
+    """Whether ``torch._fused_adam_`` can form u: without Nesterov (which it does not have),
+    where ``_kernel.fused_kernel_applies`` (on a CPU: elsewhere its step counters would have to
+    live on the device)."""
+    return not group["nesterov"] and _kernel.fused_kernel_applies(ps, gs, m, v)

@@ -178,16 +178,7 @@ class SGDP(ProjectionOptimizer):
 def _fused_momentum(group, layout, ps, gs, buf) -> bool:
     """Whether ``torch._fused_sgd_`` can update the buffer and apply the step: with momentum
     (without it the kernel neither reads nor writes the buffer) whose stored buffer is not the
-    projected direction (D6), on a CPU (elsewhere untested here), eager (compiled steps leave
-    the fusing to the compiler), unsharded, and on contiguous tensors of one dtype (the kernel
-    indexes them by one flat offset)."""
-    if (
-        group["momentum"] == 0
-        or (group["project_buffer"] and not group["nesterov"])
-        or torch.compiler.is_compiling()
-        or ps[0].device.type != "cpu"
-        or layout.shard_groups
-    ):
+    projected direction (D6), unsharded, and where ``_kernel.fused_kernel_applies``."""
+    if group["momentum"] == 0 or (group["project_buffer"] and not group["nesterov"]):
         return False
-    dtype = ps[0].dtype
-    return all(x.dtype == dtype and x.is_contiguous() for xs in (ps, gs, buf) for x in xs)
+    return not layout.shard_groups and _kernel.fused_kernel_applies(ps, gs, buf)
