@@ -125,6 +125,12 @@ class ProjectionOptimizer(torch.optim.Optimizer):
                 for p, v in zip(ps, views.unbind(), strict=True):
                     self.last_views[p] = v
 
+    @staticmethod
+    def _scratch(ps: list[Tensor], cache: dict | None) -> Callable[[], list[Tensor]]:
+        """Scratch for ``_kernel.row_sums``, made only if a tensor needs the torch ops: one
+        buffer the size of the largest tensor, kept in ``cache`` (``_kernel.flat_buffers``)."""
+        return lambda: _kernel.flat_buffers(ps, overlap=True, cache=cache, slot=1)
+
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError
 

@@ -121,7 +121,7 @@ class AdamP(ProjectionOptimizer):
         else:
             u = _kernel.foreach_into("div", u_out, m, den)
         a = lr * sqrt_bc2 / bc1  # step size of (A8) for this scaled u
-        return self._project_and_apply(group, layout, ps, gs, u, a, lr, scratch=den)
+        return self._project_and_apply(group, layout, ps, gs, u, a, lr, scratch=lambda: den)
 
     def _fused_update(self, group, layout, ps, gs, m, v, steps):
         """A2-A5 in one pass of ``torch._fused_adam_`` (the kernel behind
@@ -141,7 +141,7 @@ class AdamP(ProjectionOptimizer):
         )  # fmt: skip
         # z = -lr / (1 - b1^t) u, the step of (A8) itself: its step size is -1
         lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
-        scratch = _kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1)
+        scratch = self._scratch(ps, self._work)
         return self._project_and_apply(group, layout, ps, gs, z, None, lr, scratch=scratch)
 
     def _project_and_apply(self, group, layout, ps, gs, u, a, lr, *, scratch):

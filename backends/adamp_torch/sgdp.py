@@ -124,9 +124,7 @@ class SGDP(ProjectionOptimizer):
             stats = _kernel.squared_row_sums(layout, ps, gs, u)
         else:  # the products go one tensor at a time into one buffer, still in cache
             cache = self._work if device.type == "cpu" else None  # kept between steps on CPUs
-            scratch = _kernel.flat_buffers(ps, overlap=True, cache=cache, slot=1)
-            _kernel.row_sums(layout, ps, gs, u, scratch)
-            del scratch
+            _kernel.row_sums(layout, ps, gs, u, self._scratch(ps, cache))
         proj = _kernel.projection(
             layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"], stats=stats
         )
@@ -156,8 +154,8 @@ class SGDP(ProjectionOptimizer):
         This replaces two passes of the buffer update and the step's own pass over ``u``.
         """
         mu, damp, nesterov = group["momentum"], group["dampening"], group["nesterov"]
-        scratch = _kernel.flat_buffers(ps, overlap=True, cache=self._work, slot=1)
-        _kernel.row_sums(layout, ps, gs, buf, scratch)  # <p, b_old> in the sums of <p, u>
+        # <p, b_old> in the sums of <p, u>
+        _kernel.row_sums(layout, ps, gs, buf, self._scratch(ps, self._work))
         gp, pu = layout.stats[0], layout.stats[3]
         pu.mul_(mu).add_(gp, alpha=1 - damp)  # <p, b>, S1
         if nesterov:

@@ -221,6 +221,23 @@ def test_small_buckets_change_nothing(name, case, branch, monkeypatch):
         assert rel_err(p.detach().numpy(), ref[-1][0]) <= REL_TOL[torch.float64]
 
 
+@pytest.fixture(params=["c", "torch"])
+def row_sums(request, monkeypatch):
+    """The row sums (P1) in C (``adamp_torch._native``, where it is built) or in torch ops
+    only; counts the tensors given to the C function."""
+    from adamp_torch import _native
+
+    taken = []
+    if request.param == "torch":
+        monkeypatch.setattr(_native, "library", lambda: None)
+    else:
+        if _native.library() is None:
+            pytest.skip(_native.status())  # test_native.py fails where it should have built
+        sums = _native.row_sums
+        monkeypatch.setattr(_native, "row_sums", lambda *a: taken.extend(a[1]) or sums(*a))
+    return request.param, taken
+
+
 @pytest.fixture(params=["fused", "foreach"])
 def adamp_path(request, monkeypatch):
     """AdamP forms u with ``torch._fused_adam_`` where it can (contiguous CPU tensors, no
@@ -241,9 +258,10 @@ def adamp_path(request, monkeypatch):
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("shape", [(6, 4), (8, 3, 3, 3), (5,)], ids=str)
 @pytest.mark.parametrize("case", range(len(HYPER["adamp"])))
-def test_adamp_paths_equal_reference(adamp_path, case, shape, branch):
-    """Both of AdamP's paths follow the reference in float64; the fused one is taken exactly
-    when it applies (case 1 is Nesterov, which the fused kernel does not have)."""
+def test_adamp_paths_equal_reference(adamp_path, row_sums, case, shape, branch):
+    """Both of AdamP's paths follow the reference in float64, with the row sums in C or in
+    torch ops; the fused one is taken exactly when it applies (case 1 is Nesterov, which the
+    fused kernel does not have), and the C sums for every tensor with rows."""
     path, calls = adamp_path
     hp = HYPER["adamp"][case]
     rng = np.random.default_rng(_seed("paths", case, shape, branch))
@@ -257,6 +275,7 @@ def test_adamp_paths_equal_reference(adamp_path, case, shape, branch):
             assert rel_err(ost[key], getattr(rs, REF_STATE[key])) <= REL_TOL[torch.float64]
     fused_expected = path == "fused" and not hp.get("nesterov", False)
     assert len(calls) == (STEPS if fused_expected else 0)
+    assert len(row_sums[1]) == (STEPS if row_sums[0] == "c" and len(shape) > 1 else 0)
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -320,10 +339,11 @@ SGDP_PATH_CASES = HYPER["sgdp"] + [dict(lr=0.1, momentum=0.8, dampening=0.3, wei
 @pytest.mark.parametrize("path", ["fused", "foreach"])
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("hp", SGDP_PATH_CASES, ids=str)
-def test_sgdp_paths_equal_reference(monkeypatch, path, hp, branch):
-    """Both of SGDP's paths follow the reference in float64 (params and buffer); the fused
-    kernel is taken exactly when it applies: with momentum, and unless the projected buffer is
-    stored (D6). Its <p, u> comes from the old buffer, so dampening and Nesterov are checked."""
+def test_sgdp_paths_equal_reference(monkeypatch, row_sums, path, hp, branch):
+    """Both of SGDP's paths follow the reference in float64 (params and buffer), with the row
+    sums in C or in torch ops; the fused kernel is taken exactly when it applies: with
+    momentum, and unless the projected buffer is stored (D6). Its <p, u> comes from the old
+    buffer, so dampening and Nesterov are checked."""
     import adamp_torch.sgdp
 
     calls = []
@@ -343,3 +363,4 @@ def test_sgdp_paths_equal_reference(monkeypatch, path, hp, branch):
     mu = hp.get("momentum", 0.0)
     applies = mu != 0 and not (hp.get("project_buffer") and not hp.get("nesterov"))
     assert len(calls) == (STEPS if path == "fused" and applies else 0)
+    assert len(row_sums[1]) == (STEPS if row_sums[0] == "c" else 0)
