@@ -58,7 +58,7 @@ conformance: $(STAMP)
 
 # The ci profile over every CPU backend, each in its own process (keras reads KERAS_BACKEND
 # once). The numpy run also holds the mutation self-test and the strategies' tests.
-CONFORMANCE_BACKENDS := numpy official pytorch-optimizer torch jax keras-tensorflow keras-jax keras-torch
+CONFORMANCE_BACKENDS := numpy official pytorch-optimizer torch torch-ops jax keras-tensorflow keras-jax keras-torch
 conformance-ci: $(STAMP)
 	@failed=""; for b in $(CONFORMANCE_BACKENDS); do \
 	  echo "== conformance ci: $$b"; \

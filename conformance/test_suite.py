@@ -31,7 +31,7 @@ def test_a_backend_is_required_and_unknown_ones_list_the_choices():
         out = _pytest(*args)
         assert out.returncode != 0
         text = out.stdout + out.stderr
-        assert "choose one of: numpy, official, pytorch-optimizer, torch, jax" in text
+        assert "choose one of: numpy, official, pytorch-optimizer, torch, torch-ops, jax" in text
 
 
 def test_unsupported_dtype_and_device_fail_loudly():

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from adamp_core import validate_hyperparameters
-from adamp_torch import _kernel
+from adamp_torch import _kernel, _native
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
@@ -30,6 +30,8 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         self.track_views = False
         self.last_views: dict[Tensor, Tensor] = {}
         super().__init__(params, defaults)
+        if any(p.device.type == "cpu" for g in self.param_groups for p in g["params"]):
+            _native.library()  # built (or found wanting) now, not while a step is compiled
 
     # -- groups ---------------------------------------------------------------------------
 
@@ -103,6 +105,20 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        kept = [[st[k] for st in states] for k in self._state_keys]
+        grads = [p.grad for p in params]
+        tested = _native.step_applies(group["channel_axis"], params, grads, kept)
+        if tested is not None:  # the whole group in one call of the C step (_native.c)
+            low = params[0].dtype in LOW_PRECISION  # D9, as below
+            work_p = [p.float() for p in params] if low else params
+            work_g = [g.float() for g in grads] if low else grads
+            self._record(params, self._native_update(group, tested, work_p, work_g, states))
+            if low:
+                torch._foreach_copy_(params, work_p)
+            return
         for idx in _kernel.buckets(params):
             ps = [params[i] for i in idx]
             axes = [group["channel_axis"]] * len(ps)
@@ -121,15 +137,22 @@ class ProjectionOptimizer(torch.optim.Optimizer):
             views = self._update_bucket(group, layout, work_p, work_g, states)
             if low:
                 torch._foreach_copy_(local_p, work_p)
-            if self.track_views:
-                for p, v in zip(ps, views.unbind(), strict=True):
-                    self.last_views[p] = v
+            self._record(ps, views)
 
-    @staticmethod
-    def _scratch(ps: list[Tensor], cache: dict | None) -> Callable[[], list[Tensor]]:
-        """Scratch for ``_kernel.row_sums``, made only if a tensor needs the torch ops: one
-        buffer the size of the largest tensor, kept in ``cache`` (``_kernel.flat_buffers``)."""
-        return lambda: _kernel.flat_buffers(ps, overlap=True, cache=cache, slot=1)
+    def _record(self, ps: list[Tensor], views: Tensor) -> None:
+        if self.track_views:
+            for p, v in zip(ps, views.unbind(), strict=True):
+                self.last_views[p] = v
+
+    def _native_update(
+        self,
+        group: dict[str, Any],
+        tested: list[bool],
+        ps: list[Tensor],
+        gs: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> Tensor:
+        raise NotImplementedError
 
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         raise NotImplementedError

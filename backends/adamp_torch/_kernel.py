@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 
 from adamp_core import check_channel_axis, check_grad_shape
-from adamp_torch import _native
 
 # Elements per CPU bucket: bounds the temporaries (two float32 lists of 16 MiB at most). On
 # ResNet-50 shapes with 2 threads, 2^20, 2^22 and one bucket per group measured within noise
@@ -308,28 +307,14 @@ def row_sums(
     ps: Sequence[Tensor],
     gs: Sequence[Tensor],
     us: Sequence[Tensor],
-    scratch: Callable[[], Sequence[Tensor]],
+    scratch: Sequence[Tensor],
 ) -> None:
-    """(P1) The channel view's sums of a bucket, into the layout's buffer.
-
-    Tensors the C row sums take (``_native.takes``) go to them in one call; the others to
-    torch ops, with ``scratch()``, dead temporaries shaped like ``ps``, for the products.
-    """
+    """(P1) The channel view's sums of a bucket, into the layout's buffer."""
     if layout.shard_groups:
         layout.stats.zero_()  # rows held by other ranks must add nothing
-    use_c = not torch.compiler.is_compiling() and _native.library() is not None
-    native, rest = [], []
-    for i, (out, p, g, u) in enumerate(zip(layout.stat_views, ps, gs, us, strict=True)):
+    for i, (out, p, g, u, w) in enumerate(zip(layout.stat_views, ps, gs, us, scratch, strict=True)):
         if out is not None and p.numel():
-            axis = layout.rows[i].axis
-            take = use_c and _native.takes(p, g, u, out, axis)
-            (native if take else rest).append((i, out, p, g, u, axis))
-    if native:
-        _native.row_sums(*[[t[k] for t in native] for k in (1, 2, 3, 4)])
-    if rest:
-        work = scratch()
-        for i, out, p, g, u, axis in rest:
-            _row_sums(out, p, g, u, axis, work[i])
+            _row_sums(out, p, g, u, layout.rows[i].axis, w)
 
 
 @dataclass
@@ -456,17 +441,6 @@ def flat_buffers(
     if overlap:
         return [flat[:n].view(x.shape) for n, x in zip(sizes, like, strict=True)]
     return [b.view(x.shape) for b, x in zip(flat.split(sizes), like, strict=True)]
-
-
-def fused_kernel_applies(*lists: Sequence[Tensor]) -> bool:
-    """Whether PyTorch's fused CPU optimizer kernels (``torch._fused_adam_``,
-    ``torch._fused_sgd_``) can take these tensor lists: on a CPU (elsewhere they are untested
-    here), eager (compiled steps leave the fusing to the compiler), and contiguous tensors of
-    one dtype (the kernels index every list by the same flat offset)."""
-    first = lists[0][0]
-    if torch.compiler.is_compiling() or first.device.type != "cpu":
-        return False
-    return all(x.dtype == first.dtype and x.is_contiguous() for xs in lists for x in xs)
 
 
 def foreach_into(op: str, out: list[Tensor] | None, *args: Any) -> list[Tensor]:

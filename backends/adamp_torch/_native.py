@@ -1,15 +1,18 @@
-"""The row sums of the projection (P1) in one pass over each input, in C (``_rows.c``).
+"""AdamP and SGDP steps for CPU tensors in C (``_native.c``): two passes per tensor.
 
-PyTorch reduces one tensor at a time: ``<g,p>`` in torch ops writes ``g * p`` out and reads it
-back, about three times the time of ``|g|``. The C function reads ``p``, ``g`` and ``u`` once
-for all four sums of every row: on ResNet-50 shapes with 2 threads, 4-7 ms per step against
-13 ms for the torch ops (docs/benchmarks.md).
+In torch ops a step is a pass over memory per equation, and each of the projection's sums
+``<g,p>``, ``<p,u>`` writes its product out and reads it back (PyTorch has no reduction over a
+product of two tensors). The C step reads each tensor twice: once to update the state and take
+the row sums with ``u`` formed in registers, once to apply the step with ``u`` formed again.
+On ResNet-50 shapes with 2 threads that is about 0.6x the time of ``AdamW(foreach=True)`` and
+``SGD(foreach=True)`` (docs/benchmarks.md). Under ``torch.compile`` it is called as the operator
+``adamp_torch::projected_step_``.
 
-It is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a cache
-folder (``$ADAMP_TORCH_CACHE``, else ``$XDG_CACHE_HOME/adamp_torch``, else
+The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a
+cache folder (``$ADAMP_TORCH_CACHE``, else ``$XDG_CACHE_HOME/adamp_torch``, else
 ``~/.cache/adamp_torch``), keyed by a hash of the source and the command, and loaded with
-ctypes. Without a compiler, on a failed build, or with ``ADAMP_TORCH_NATIVE=0``, the torch ops
-are used; ``status()`` says which and why. Nothing here runs at import.
+ctypes. Without a compiler, on a failed build, or with ``ADAMP_TORCH_NATIVE=0``, steps take the
+torch ops; ``status()`` says which and why. Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -24,12 +27,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("_rows.c")
-FLAGS = ["-O3", "-shared", "-fPIC", "-fopenmp"]
+from adamp_core import check_channel_axis
+from adamp_torch import _kernel
+
+SOURCE = Path(__file__).with_name("_native.c")
+FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp"]
 DTYPES = {torch.float32: 0, torch.float64: 1}
 
 _lib: ctypes.CDLL | None = None
@@ -44,13 +51,13 @@ def _cache_dir() -> Path:
 
 
 def _build() -> ctypes.CDLL:
-    """Compiles ``_rows.c`` unless a library from the same source and command is cached."""
+    """Compiles ``_native.c`` unless a library from the same source and command is cached."""
     cc = shlex.split(os.environ.get("CC", "cc"))
     tag = hashlib.sha256(
         SOURCE.read_bytes() + repr((cc, FLAGS, platform.machine(), sys.platform)).encode()
     ).hexdigest()[:16]
     folder = _cache_dir()
-    lib = folder / f"rows-{tag}.so"
+    lib = folder / f"adamp_torch-{tag}.so"
     if not lib.exists():
         folder.mkdir(parents=True, exist_ok=True)
         # Built under a temporary name, then renamed: processes building at once (one per
@@ -71,8 +78,10 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     out = ctypes.CDLL(str(lib))
-    out.adamp_row_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int]
-    out.adamp_row_sums.restype = ctypes.c_int
+    for fn in (out.adamp_step, out.sgdp_step):
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                       ctypes.c_int]  # fmt: skip
     return out
 
 
@@ -87,12 +96,12 @@ def library() -> ctypes.CDLL | None:
                 _lib = _build()
                 _why = f"in use ({_lib._name})"
             except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as err:
-                _why = f"torch ops in use: the C row sums could not be built ({err})"
+                _why = f"torch ops in use: the C step could not be built ({err})"
     return _lib
 
 
 def status() -> str:
-    """Whether the C row sums are in use, and why not where they are not (builds them)."""
+    """Whether the C step is in use, and why not where it is not (builds it)."""
     library()
     return _why or ""
 
@@ -103,36 +112,129 @@ def reset() -> None:
     _lib, _why = None, None
 
 
-def takes(p: Tensor, g: Tensor, u: Tensor, out: Tensor, axis: int) -> bool:
-    """Whether the C function can take this tensor: CPU, rows on dim 0, contiguous inputs of
-    the output's dtype (float32 or float64), outside ``torch.compile``."""
-    return (
-        axis == 0
-        and p.device.type == "cpu"
-        and out.dtype in DTYPES
-        and p.dtype == g.dtype == u.dtype == out.dtype
-        and p.is_contiguous()
-        and g.is_contiguous()
-        and u.is_contiguous()
-        and p.numel() > 0
+# ----------------------------------------------------------------------------- whole steps
+
+PSEUDO_ROW = 1 << 14  # elements per share of an untested tensor's work
+
+
+class _Hyper(ctypes.Structure):
+    _fields_ = [
+        *[(k, ctypes.c_double) for k in ("lr", "beta1", "beta2", "eps", "weight_decay")],
+        *[(k, ctypes.c_double) for k in ("delta", "wd_ratio", "momentum", "dampening")],
+        *[(k, ctypes.c_int64) for k in ("nesterov", "project_buffer", "f64")],
+    ]
+
+
+def _dense(x: Tensor) -> bool:
+    """Whether ``x`` covers one block of memory with dim 0 outermost: contiguous, or
+    channels_last; each row (dim 0) is then a block of its own."""
+    if x.is_contiguous():
+        return True
+    fmt = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+    return fmt is not None and x.is_contiguous(memory_format=fmt)
+
+
+def step_applies(
+    channel_axis: Any, ps: Sequence[Tensor], gs: Sequence[Tensor], kept: Sequence[Sequence[Tensor]]
+) -> list[bool] | None:
+    """Whether the C step can take a param group (``kept``: lists of state tensors), and then
+    which of its tensors are tested (D4); None where it cannot. It needs the library built
+    (``library()`` called earlier, outside ``torch.compile``), plain (not DTensor) CPU tensors,
+    params and grads of one dtype, state in its compute dtype (D9), each param tested along dim
+    0 or untested, and each param's grad and state laid out as the param, contiguous or
+    channels_last."""
+    first = ps[0]
+    if _lib is None or first.device.type != "cpu" or not first.is_floating_point():
+        return None
+    state_dtype = _kernel.compute_dtype(first.dtype)
+    tested = []
+    for i, p in enumerate(ps):
+        axis = check_channel_axis(channel_axis, tuple(p.shape)) if p.numel() else None
+        if axis not in (0, None) or _kernel.is_dtensor(p) or not _dense(p):
+            return None
+        if gs[i].dtype != first.dtype or p.dtype != first.dtype or gs[i].stride() != p.stride():
+            return None
+        if any(k[i].dtype != state_dtype or k[i].stride() != p.stride() for k in kept):
+            return None
+        tested.append(axis is not None)
+    return tested
+
+
+def _step_impl(
+    params: list[Tensor],
+    grads: list[Tensor],
+    s1: list[Tensor],
+    s2: list[Tensor],
+    steps: list[Tensor],
+    tested: list[bool],
+    lr: Tensor | None,
+    hyper: list[float],
+    sgdp: bool,
+) -> Tensor:
+    """One step of a bucket in C. ``hyper``: lr (unless ``lr`` is given as a tensor), beta1,
+    beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening, nesterov, project_buffer.
+    Returns the view codes (T,) as int8."""
+    table = []
+    for i, (p, g, a) in enumerate(zip(params, grads, s1, strict=True)):
+        n = p.numel()
+        cols = n // p.shape[0] if tested[i] else PSEUDO_ROW
+        rows = p.shape[0] if tested[i] else -(-n // cols)
+        b = s2[i].data_ptr() if s2 else 0
+        t = int(steps[i]) if steps else 0  # A1: counts are whole numbers
+        table += [p.data_ptr(), g.data_ptr(), a.data_ptr(), b, n, rows, cols, tested[i], t]
+    if lr is not None:
+        hyper = [float(lr), *hyper[1:]]
+    h = _Hyper(*hyper[:9], int(hyper[9]), int(hyper[10]), DTYPES[params[0].dtype])
+    views = torch.empty(len(params), dtype=torch.int8)
+    fn = _lib.sgdp_step if sgdp else _lib.adamp_step
+    args = (ctypes.c_int64 * len(table))(*table), len(params), ctypes.byref(h)
+    if fn(*args, views.data_ptr(), torch.get_num_threads()):
+        raise MemoryError("adamp_torch: no memory for the step's scratch (nothing was written)")
+    return views
+
+
+# The same function as a PyTorch operator, for torch.compile: Inductor calls it as it is (it
+# would not fuse the two passes per tensor any better). Eager steps call _step_impl directly,
+# without the dispatcher's conversion of the tensor lists (about 0.1 ms per bucket).
+_step_op = torch.library.custom_op(
+    "adamp_torch::projected_step_", mutates_args=("params", "s1", "s2"), device_types="cpu"
+)(_step_impl)
+
+
+@_step_op.register_fake
+def _(params, grads, s1, s2, steps, tested, lr, hyper, sgdp):
+    return params[0].new_empty(len(params), dtype=torch.int8)
+
+
+def _call(group, tested, ps, gs, s1, s2, steps, hyper, sgdp) -> Tensor:
+    lr = group["lr"]
+    tensor_lr = lr if isinstance(lr, Tensor) else None
+    hyper = [0.0 if tensor_lr is not None else float(lr), *map(float, hyper)]
+    fn = _step_op if torch.compiler.is_compiling() else _step_impl
+    return fn(ps, gs, s1, s2, steps, tested, tensor_lr, hyper, sgdp)
+
+
+def adamp_step(group, tested, ps, gs, ms, vs, steps) -> Tensor:
+    """One AdamP step (A2-A8) of a param group where ``step_applies``, ``steps`` already
+    counted (A1); returns the view codes (T,)."""
+    b1, b2 = group["betas"]
+    hyper = (b1, b2, group["eps"], group["weight_decay"], group["delta"], group["wd_ratio"],
+             0.0, 0.0, group["nesterov"], False)  # fmt: skip
+    return _call(group, tested, ps, gs, ms, vs, steps, hyper, False)
+
+
+def sgdp_step(group, tested, ps, gs, bufs) -> Tensor:
+    """One SGDP step (S1-S6) of a param group where ``step_applies``; returns the views."""
+    hyper = (
+        0.0,
+        0.0,
+        group["eps"],
+        group["weight_decay"],
+        group["delta"],
+        group["wd_ratio"],
+        group["momentum"],
+        group["dampening"],
+        group["nesterov"],
+        group["project_buffer"],
     )
-
-
-def row_sums(
-    outs: Sequence[Tensor], ps: Sequence[Tensor], gs: Sequence[Tensor], us: Sequence[Tensor]
-) -> None:
-    """Writes ``<g,p>``, ``|g|``, ``|p|``, ``<p,u>`` of each row (dim 0) of every tensor into
-    its ``out`` (4, rows), a view with unit stride along the rows. Every tensor passes
-    ``takes``, with one dtype; ``library()`` is not None."""
-    jobs = []
-    for out, p, g, u in zip(outs, ps, gs, us, strict=True):
-        rows = p.shape[0]
-        if out.shape != (4, rows) or (rows > 1 and out.stride(1) != 1):
-            raise ValueError(f"row_sums: out of shape {tuple(out.shape)} for {rows} rows")
-        jobs += [p.data_ptr(), g.data_ptr(), u.data_ptr(), out.data_ptr()]
-        jobs += [rows, p.numel() // rows, out.stride(0)]
-    if not jobs:
-        return
-    table = (ctypes.c_int64 * len(jobs))(*jobs)
-    f64 = DTYPES[outs[0].dtype]
-    _lib.adamp_row_sums(table, len(outs), f64, torch.get_num_threads())
+    return _call(group, tested, ps, gs, bufs, [], [], hyper, True)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamp_torch import _kernel
+from adamp_torch import _kernel, _native
 from adamp_torch._base import ProjectionOptimizer, zeros_state
 
 
@@ -87,14 +87,18 @@ class AdamP(ProjectionOptimizer):
         state["exp_avg"] = zeros_state(p)
         state["exp_avg_sq"] = zeros_state(p)
 
+    def _native_update(self, group, tested, ps, gs, states):
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)  # A1
+        m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
+        return _native.adamp_step(group, tested, ps, gs, m, v, steps)  # A2-A8, _native.c
+
     def _update_bucket(self, group, layout, ps, gs, states):
         b1, b2 = group["betas"]
         m = [_kernel.local(s["exp_avg"]) for s in states]
         v = [_kernel.local(s["exp_avg_sq"]) for s in states]
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)  # A1 (host-side counters, as in torch.optim)
-        if _fused_moments(group, ps, gs, m, v):
-            return self._fused_update(group, layout, ps, gs, m, v, steps)
         eps, device = group["eps"], ps[0].device
         t = _kernel.step_scalars(steps, device)
         bc1, sqrt_bc2 = 1 - b1**t, (1 - b2**t).sqrt()
@@ -121,43 +125,16 @@ class AdamP(ProjectionOptimizer):
         else:
             u = _kernel.foreach_into("div", u_out, m, den)
         a = lr * sqrt_bc2 / bc1  # step size of (A8) for this scaled u
-        return self._project_and_apply(group, layout, ps, gs, u, a, lr, scratch=lambda: den)
-
-    def _fused_update(self, group, layout, ps, gs, m, v, steps):
-        """A2-A5 in one pass of ``torch._fused_adam_`` (the kernel behind
-        ``AdamW(fused=True)``), applied to a zero buffer ``z`` with the group's lr and no
-        decay: it updates ``m`` and ``v`` as (A2), (A3) and leaves ``z = -lr u / (1 - b1^t)``,
-        with u of (A4), (A5) formed as the reference forms it (``sqrt(v) / sqrt(1 - b2^t) +
-        eps``). The step is then ``p (1 - lr wd r) + z - p s``, one ``addcmul`` per tensor, with
-        ``s`` the projection's scale for ``z``. The fused pass replaces six foreach passes
-        (lerp, mul, addcmul, sqrt, add, div); on ResNet-50 shapes with 2 CPU threads the step
-        went from 84 ms to 57, and to 42 with the temporaries kept between steps
-        (docs/benchmarks.md has the same-run ratios)."""
-        b1, b2 = group["betas"]
-        z = self._kept(ps, 0, zero=True)
-        torch._fused_adam_(
-            z, gs, m, v, [], steps, lr=group["lr"], beta1=b1, beta2=b2, weight_decay=0.0,
-            eps=group["eps"], amsgrad=False, maximize=False,
-        )  # fmt: skip
-        # z = -lr / (1 - b1^t) u, the step of (A8) itself: its step size is -1
-        lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
-        scratch = self._scratch(ps, self._work)
-        return self._project_and_apply(group, layout, ps, gs, z, None, lr, scratch=scratch)
+        return self._project_and_apply(group, layout, ps, gs, u, a, lr, scratch=den)
 
     def _project_and_apply(self, group, layout, ps, gs, u, a, lr, *, scratch):
         """(A6)-(A8) for a bucket: the projection as a per-row scale s of ``u``, then
-        ``p * (1 - lr wd r + a s) - a u`` with ``a`` the (T,) step sizes for this ``u``;
-        ``a = None`` stands for -1 (``u`` is the step), applied in one pass over ``p``."""
+        ``p * (1 - lr wd r + a s) - a u`` with ``a`` the (T,) step sizes for this ``u``."""
         _kernel.row_sums(layout, ps, gs, u, scratch=scratch)
         proj = _kernel.projection(
             layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
         )
         decay = 1 - lr * group["weight_decay"] * proj.r  # A7, D7
-        if a is None:  # p * factor + u, tensor by tensor (out= may be an input)
-            factors = _kernel.per_row(layout, decay[layout.seg] - proj.s)
-            for p, step, f in zip(ps, u, factors, strict=True):
-                torch.addcmul(step, p, f, out=p)  # A8
-            return proj.views
         factor = decay[layout.seg] + a[layout.seg] * proj.s
         torch._foreach_mul_(ps, _kernel.per_row(layout, factor))
         torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8
@@ -166,10 +143,3 @@ class AdamP(ProjectionOptimizer):
     def _kept(self, ps, slot, zero=False):
         """Bucket-sized temporaries kept between steps (``_kernel.flat_buffers``)."""
         return _kernel.flat_buffers(ps, zero=zero, cache=self._work, slot=slot)
-
-
-def _fused_moments(group, ps, gs, m, v) -> bool:
-    """Whether ``torch._fused_adam_`` can form u: without Nesterov (which it does not have),
-    where ``_kernel.fused_kernel_applies`` (on a CPU: elsewhere its step counters would have to
-    live on the device)."""
-    return not group["nesterov"] and _kernel.fused_kernel_applies(ps, gs, m, v)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamp_torch import _kernel
+from adamp_torch import _kernel, _native
 from adamp_torch._base import ProjectionOptimizer, zeros_state
 
 
@@ -98,11 +98,13 @@ class SGDP(ProjectionOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         state["momentum"] = zeros_state(p)
 
+    def _native_update(self, group, tested, ps, gs, states):
+        buf = [s["momentum"] for s in states]
+        return _native.sgdp_step(group, tested, ps, gs, buf)  # S1-S6, _native.c
+
     def _update_bucket(self, group, layout, ps, gs, states):
         mu, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]
         buf = [_kernel.local(s["momentum"]) for s in states]
-        if _fused_momentum(group, layout, ps, gs, buf):
-            return self._fused_update(group, layout, ps, gs, buf)
         device = ps[0].device
         lr = _kernel.as_device_scalar(group["lr"], device)
         # Under torch.compile the row sums and per-row factors are plain expressions, with no
@@ -124,7 +126,9 @@ class SGDP(ProjectionOptimizer):
             stats = _kernel.squared_row_sums(layout, ps, gs, u)
         else:  # the products go one tensor at a time into one buffer, still in cache
             cache = self._work if device.type == "cpu" else None  # kept between steps on CPUs
-            _kernel.row_sums(layout, ps, gs, u, self._scratch(ps, cache))
+            scratch = _kernel.flat_buffers(ps, overlap=True, cache=cache, slot=1)
+            _kernel.row_sums(layout, ps, gs, u, scratch)
+            del scratch
         proj = _kernel.projection(
             layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"], stats=stats
         )
@@ -141,42 +145,3 @@ class SGDP(ProjectionOptimizer):
         else:
             torch._foreach_add_(ps, u, alpha=-lr)
         return proj.views
-
-    def _fused_update(self, group, layout, ps, gs, buf):
-        """(S1)-(S6) with the buffer update and the step in one pass of ``torch._fused_sgd_``
-        (the kernel behind ``SGD(fused=True)``): ``b <- mu b + (1 - dampening) g`` (S1), in the
-        reference's operation order, and ``p <- p - lr u`` (S2, S5) on ``p`` already scaled by
-        ``1 - lr wd r / (1 - mu) + lr s`` (S4 and the projection's ``lr p s``).
-
-        The projection needs ``<p, u>`` before that pass, so the row sums are taken with the
-        old buffer: ``<p, b> = mu <p, b_old> + (1 - dampening) <p, g>`` (S1), and with Nesterov
-        ``<p, u> = <p, g> + mu <p, b>`` (S2); ``<p, g>`` is one of the decision's sums anyway.
-        This replaces two passes of the buffer update and the step's own pass over ``u``.
-        """
-        mu, damp, nesterov = group["momentum"], group["dampening"], group["nesterov"]
-        # <p, b_old> in the sums of <p, u>
-        _kernel.row_sums(layout, ps, gs, buf, self._scratch(ps, self._work))
-        gp, pu = layout.stats[0], layout.stats[3]
-        pu.mul_(mu).add_(gp, alpha=1 - damp)  # <p, b>, S1
-        if nesterov:
-            pu.mul_(mu).add_(gp)  # <p, g + mu b>, S2
-        proj = _kernel.projection(
-            layout, delta=group["delta"], eps=group["eps"], wd_ratio=group["wd_ratio"]
-        )
-        lr = _kernel.as_device_scalar(group["lr"], ps[0].device)
-        decay = 1 - lr * group["weight_decay"] * proj.r / (1 - mu)  # S4, D7
-        torch._foreach_mul_(ps, _kernel.per_row(layout, decay[layout.seg] + lr * proj.s))
-        torch._fused_sgd_(
-            ps, gs, buf, weight_decay=0.0, momentum=mu, lr=group["lr"], dampening=damp,
-            nesterov=nesterov, maximize=False, is_first_step=False,
-        )  # fmt: skip
-        return proj.views
-
-
-def _fused_momentum(group, layout, ps, gs, buf) -> bool:
-    """Whether ``torch._fused_sgd_`` can update the buffer and apply the step: with momentum
-    (without it the kernel neither reads nor writes the buffer) whose stored buffer is not the
-    projected direction (D6), unsharded, and where ``_kernel.fused_kernel_applies``."""
-    if group["momentum"] == 0 or (group["project_buffer"] and not group["nesterov"]):
-        return False
-    return not layout.shard_groups and _kernel.fused_kernel_applies(ps, gs, buf)

@@ -117,6 +117,7 @@ BACKENDS: dict[str, str] = {
     "official": "conformance.drivers.official_driver:OfficialDriver",
     "pytorch-optimizer": "conformance.drivers.pytorch_optimizer_driver:PytorchOptimizerDriver",
     "torch": "conformance.drivers.torch_driver:TorchDriver",
+    "torch-ops": "conformance.drivers.torch_driver:TorchOpsDriver",
     "jax": "conformance.drivers.jax_driver:JaxDriver",
     "keras-tensorflow": "conformance.drivers.keras_driver:KerasTensorflowDriver",
     "keras-jax": "conformance.drivers.keras_driver:KerasJaxDriver",

@@ -37,7 +37,7 @@ def test_wheel_holds_only_the_import_packages(wheel):
     assert not top & FORBIDDEN_TOP_LEVEL
     for package in top:
         assert f"{package}/py.typed" in names, f"{package} ships no py.typed"
-    assert "adamp_torch/_rows.c" in names  # compiled on first use (adamp_torch._native)
+    assert "adamp_torch/_native.c" in names  # compiled on first use (adamp_torch._native)
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,8 @@ def _seed(*key) -> int:
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("name,case", CASES)
-def test_float64_equals_reference(name, case, shape, branch):
+def test_float64_equals_reference(step_path, name, case, shape, branch):
+    """Both implementations (the C step and the torch ops) against the reference."""
     hp = HYPER[name][case]
     rng = np.random.default_rng(_seed(name, case, shape, branch))
     p0 = rng.standard_normal(shape)
@@ -70,6 +71,7 @@ def test_float64_equals_reference(name, case, shape, branch):
             err = rel_err(ost[key], getattr(rs, REF_STATE[key]))
             assert err <= REL_TOL[torch.float64], f"state {key} differs at step {t + 1}: {err}"
         p_prev = rp
+    assert step_path[1] == ([1] * STEPS if step_path[0] == "c" else [])
 
 
 def test_every_branch_is_reached():
@@ -86,7 +88,7 @@ def test_every_branch_is_reached():
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("shape", [(6, 4), (8, 3, 3, 3), (4, 5, 2)], ids=str)
 @pytest.mark.parametrize("name,case", CASES)
-def test_float64_equals_official(name, case, shape, branch):
+def test_float64_equals_official(step_path, name, case, shape, branch):
     hp = dict(HYPER[name][case])
     official_cls = {"adamp": adamp.AdamP, "sgdp": adamp.SGDP}[name]
     if name == "sgdp":
@@ -114,7 +116,7 @@ def _margin(p, g, hp) -> float:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("name,case", CASES)
-def test_low_precision_follows_reference(name, case, branch, dtype):
+def test_low_precision_follows_reference(step_path, name, case, branch, dtype):
     """float32 and 16-bit parameters against the reference run on the same dtype (D9).
 
     Near-ties: a step whose decision margin (from the float64 reference) is within 1e-4 of the
@@ -163,9 +165,10 @@ def test_channel_axis_moves_with_the_layout(name):
 
 
 @pytest.mark.parametrize("name", ["adamp", "sgdp"])
-def test_channels_last_and_strided_params(name):
+def test_channels_last_and_strided_params(step_path, name):
     """Non-contiguous parameters (channels_last, a transposed view) step like contiguous ones;
-    the official package raises on them (``view`` of a non-contiguous tensor)."""
+    the official package raises on them (``view`` of a non-contiguous tensor). The C step
+    takes channels_last tensors (each row is still a block of memory), not the transposed one."""
     hp = HYPER[name][1]
     rng = np.random.default_rng(11)
     p0 = rng.standard_normal((6, 4, 3, 3))
@@ -194,6 +197,7 @@ def test_channels_last_and_strided_params(name):
         q.grad = g.reshape(6, 36).clone()
         opt.step()
         assert rel_err(q.detach().numpy(), rp) <= REL_TOL[torch.float64]
+    assert len(step_path[1]) == (2 * STEPS if step_path[0] == "c" else 0)  # not the view
 
 
 @pytest.mark.parametrize("branch", BRANCHES)
@@ -221,96 +225,49 @@ def test_small_buckets_change_nothing(name, case, branch, monkeypatch):
         assert rel_err(p.detach().numpy(), ref[-1][0]) <= REL_TOL[torch.float64]
 
 
-@pytest.fixture(params=["c", "torch"])
-def row_sums(request, monkeypatch):
-    """The row sums (P1) in C (``adamp_torch._native``, where it is built) or in torch ops
-    only; counts the tensors given to the C function."""
+@pytest.mark.parametrize("branch", BRANCHES)
+@pytest.mark.parametrize("name,case", CASES)
+def test_paths_agree_in_float32(name, case, branch, monkeypatch):
+    """The C step and the torch ops differ only in rounding in float32 (a few ulps per step),
+    and take the same decisions."""
     from adamp_torch import _native
 
-    taken = []
-    if request.param == "torch":
-        monkeypatch.setattr(_native, "library", lambda: None)
-    else:
-        if _native.library() is None:
-            pytest.skip(_native.status())  # test_native.py fails where it should have built
-        sums = _native.row_sums
-        monkeypatch.setattr(_native, "row_sums", lambda *a: taken.extend(a[1]) or sums(*a))
-    return request.param, taken
-
-
-@pytest.fixture(params=["fused", "foreach"])
-def adamp_path(request, monkeypatch):
-    """AdamP forms u with ``torch._fused_adam_`` where it can (contiguous CPU tensors, no
-    Nesterov); "foreach" forces the general path everywhere. Counts the fused calls."""
-    import adamp_torch.adamp
-
-    calls = []
-    if request.param == "foreach":
-        monkeypatch.setattr(adamp_torch.adamp, "_fused_moments", lambda *a: False)
-    else:
-        fused = torch._fused_adam_
-        monkeypatch.setattr(
-            torch, "_fused_adam_", lambda *a, **k: calls.append(1) or fused(*a, **k)
-        )
-    return request.param, calls
-
-
-@pytest.mark.parametrize("branch", BRANCHES)
-@pytest.mark.parametrize("shape", [(6, 4), (8, 3, 3, 3), (5,)], ids=str)
-@pytest.mark.parametrize("case", range(len(HYPER["adamp"])))
-def test_adamp_paths_equal_reference(adamp_path, row_sums, case, shape, branch):
-    """Both of AdamP's paths follow the reference in float64, with the row sums in C or in
-    torch ops; the fused one is taken exactly when it applies (case 1 is Nesterov, which the
-    fused kernel does not have), and the C sums for every tensor with rows."""
-    path, calls = adamp_path
-    hp = HYPER["adamp"][case]
-    rng = np.random.default_rng(_seed("paths", case, shape, branch))
-    p0 = rng.standard_normal(shape)
-    grads = _grads(shape, branch, _seed(shape, branch, "paths"), p0)
-    ref = reference_trajectory("adamp", p0, grads, **hp)
-    ours = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
-    for t, ((rp, rs), (op, ost, _), _) in enumerate(zip(ref, ours, grads, strict=True)):
-        assert rel_err(op, rp) <= REL_TOL[torch.float64], f"param differs at step {t + 1}"
-        for key in STATE_KEYS["adamp"]:
-            assert rel_err(ost[key], getattr(rs, REF_STATE[key])) <= REL_TOL[torch.float64]
-    fused_expected = path == "fused" and not hp.get("nesterov", False)
-    assert len(calls) == (STEPS if fused_expected else 0)
-    assert len(row_sums[1]) == (STEPS if row_sums[0] == "c" and len(shape) > 1 else 0)
-
-
-@pytest.mark.parametrize("branch", BRANCHES)
-def test_adamp_paths_agree_in_float32(branch, monkeypatch):
-    """The fused and general paths differ only in rounding in float32 (a few ulps per step)."""
-    import adamp_torch.adamp
-
-    rng = np.random.default_rng(_seed("paths32", branch))
+    if _native.library() is None:
+        pytest.skip(_native.status())
+    rng = np.random.default_rng(_seed("paths32", name, case, branch))
     p0 = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
     grads = [np.float32(g) for g in _grads(p0.shape, branch, _seed("g32", branch), p0)]
-    hp = dict(lr=1e-2, weight_decay=0.1)
-    fused = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
-    monkeypatch.setattr(adamp_torch.adamp, "_fused_moments", lambda *a: False)
-    general = run("adamp", torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
-    for (fp, fst, fv), (gp, gst, gv) in zip(fused, general, strict=True):
-        assert fv == gv
-        assert rel_err(fp, gp) <= 1e-6
-        for key in STATE_KEYS["adamp"]:
-            assert rel_err(fst[key], gst[key]) <= 1e-6
+    hp = HYPER[name][case]
+    c = run(name, torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    monkeypatch.setattr(_native, "_lib", None)
+    ops = run(name, torch.tensor(p0), [torch.tensor(g) for g in grads], **hp)
+    for (cp, cst, cv), (op, ost, ov) in zip(c, ops, strict=True):
+        assert cv == ov
+        assert rel_err(cp, op) <= 1e-6
+        for key in STATE_KEYS[name]:
+            assert rel_err(cst[key], ost[key]) <= 1e-6
 
 
-@pytest.mark.parametrize("case", range(len(HYPER["sgdp"])))
-def test_compiled_sgdp_equals_reference(case, monkeypatch):
-    """torch.compile(opt.step) takes SGDP's compile-only sums (``squared_row_sums``) and
-    follows the reference in float64, on a bucket mixing the three outcomes of the projection,
-    a 1-D and a 0-d parameter (0-d float64 tensors lost in-place updates under Inductor)."""
-    from adamp_torch import _kernel
+@pytest.mark.parametrize("name,case", CASES)
+def test_compiled_step_equals_reference(step_path, name, case, monkeypatch):
+    """torch.compile(opt.step, fullgraph=True) follows the reference in float64, on a group
+    mixing the three outcomes of the projection, a 1-D and a 0-d parameter (0-d float64
+    tensors lost in-place updates under Inductor). With the C step built, the graph calls it
+    as the operator adamp_torch::projected_step_; else SGDP takes its compile-only sums
+    (``squared_row_sums``) and AdamP the general path."""
+    from adamp_torch import _kernel, _native
 
     calls = []
-    sums = _kernel.squared_row_sums
-    monkeypatch.setattr(_kernel, "squared_row_sums", lambda *a: calls.append(1) or sums(*a))
+    if step_path[0] == "c":
+        op = _native._step_op
+        monkeypatch.setattr(_native, "_step_op", lambda *a: calls.append(1) or op(*a))
+    else:
+        sums = _kernel.squared_row_sums
+        monkeypatch.setattr(_kernel, "squared_row_sums", lambda *a: calls.append(1) or sums(*a))
     torch._dynamo.reset()
-    hp = HYPER["sgdp"][case]
+    hp = HYPER[name][case]
     shapes = [(6, 4), (3, 3, 2, 5), (8, 3, 3, 3), (5,), ()]
-    rng = np.random.default_rng(_seed("compiled", case))
+    rng = np.random.default_rng(_seed("compiled", name, case))
     p0 = [rng.standard_normal(s) for s in shapes]
     branches = [BRANCHES[i % len(BRANCHES)] for i in range(len(shapes))]
     grads = [
@@ -318,9 +275,9 @@ def test_compiled_sgdp_equals_reference(case, monkeypatch):
         for s, b, p in zip(shapes, branches, p0, strict=True)
     ]
     ps = [torch.nn.Parameter(torch.tensor(p)) for p in p0]
-    opt = make("sgdp", ps, **hp)
+    opt = make(name, ps, **hp)
     step = torch.compile(opt.step, fullgraph=True)
-    refs = [reference_trajectory("sgdp", p, g, **hp) for p, g in zip(p0, grads, strict=True)]
+    refs = [reference_trajectory(name, p, g, **hp) for p, g in zip(p0, grads, strict=True)]
     for t in range(STEPS):
         for p, g in zip(ps, grads, strict=True):
             p.grad = torch.tensor(g[t])
@@ -328,30 +285,20 @@ def test_compiled_sgdp_equals_reference(case, monkeypatch):
         for i, (p, ref) in enumerate(zip(ps, refs, strict=True)):
             rp, rs = ref[t]
             assert rel_err(p.detach().numpy(), rp) <= REL_TOL[torch.float64], (t + 1, shapes[i])
-            buf = opt.state[p]["momentum"].numpy()
-            assert rel_err(buf, rs.momentum_buffer) <= REL_TOL[torch.float64], (t + 1, shapes[i])
-    assert calls  # traced through the compile-only path
+            for key in STATE_KEYS[name]:
+                err = rel_err(opt.state[p][key].numpy(), getattr(rs, REF_STATE[key]))
+                assert err <= REL_TOL[torch.float64], (t + 1, shapes[i], key)
+    assert calls or (name == "adamp" and step_path[0] == "torch")  # traced through that path
 
 
 SGDP_PATH_CASES = HYPER["sgdp"] + [dict(lr=0.1, momentum=0.8, dampening=0.3, weight_decay=1e-2)]
 
 
-@pytest.mark.parametrize("path", ["fused", "foreach"])
 @pytest.mark.parametrize("branch", BRANCHES)
 @pytest.mark.parametrize("hp", SGDP_PATH_CASES, ids=str)
-def test_sgdp_paths_equal_reference(monkeypatch, row_sums, path, hp, branch):
-    """Both of SGDP's paths follow the reference in float64 (params and buffer), with the row
-    sums in C or in torch ops; the fused kernel is taken exactly when it applies: with
-    momentum, and unless the projected buffer is stored (D6). Its <p, u> comes from the old
-    buffer, so dampening and Nesterov are checked."""
-    import adamp_torch.sgdp
-
-    calls = []
-    if path == "foreach":
-        monkeypatch.setattr(adamp_torch.sgdp, "_fused_momentum", lambda *a: False)
-    else:
-        fused = torch._fused_sgd_
-        monkeypatch.setattr(torch, "_fused_sgd_", lambda *a, **k: calls.append(1) or fused(*a, **k))
+def test_sgdp_paths_equal_reference(step_path, hp, branch):
+    """SGDP's C step and torch ops follow the reference in float64 (params and buffer), with
+    momentum or without, dampening, Nesterov and the projected buffer (D6)."""
     rng = np.random.default_rng(_seed("sgdp-paths", repr(hp), branch))
     p0 = rng.standard_normal((8, 3, 3, 3))
     grads = _grads(p0.shape, branch, _seed("sgdp-paths-g", repr(hp), branch), p0)
@@ -360,7 +307,4 @@ def test_sgdp_paths_equal_reference(monkeypatch, row_sums, path, hp, branch):
     for t, ((rp, rs), (op, ost, _)) in enumerate(zip(ref, ours, strict=True)):
         assert rel_err(op, rp) <= REL_TOL[torch.float64], f"param differs at step {t + 1}"
         assert rel_err(ost["momentum"], rs.momentum_buffer) <= REL_TOL[torch.float64]
-    mu = hp.get("momentum", 0.0)
-    applies = mu != 0 and not (hp.get("project_buffer") and not hp.get("nesterov"))
-    assert len(calls) == (STEPS if path == "fused" and applies else 0)
-    assert len(row_sums[1]) == (STEPS if row_sums[0] == "c" else 0)
+    assert step_path[1] == ([1] * STEPS if step_path[0] == "c" else [])
