@@ -154,6 +154,11 @@ def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[
     """Median wall / CPU ms per step of each row, stepped in turn, round after round."""
     opts = optimizers()
     steps, grads, cold = {}, None, {}
+    if compiled:
+        # AdamP and SGDP share one step function, compiled twice per optimizer (before and
+        # after the state exists): with both gradient kinds in one process that would reach
+        # Dynamo's recompile limit (8), after which steps silently run uncompiled.
+        torch._dynamo.reset()
     for name in names:
         params, grads = make_problem(kind, grads)
         opt = opts[name][1](params)
@@ -217,6 +222,13 @@ def _memory_of(name: str) -> None:
     print(json.dumps({"mem": mem, "state": state_bytes(opt), "kept": kept_bytes(opt)}))
 
 
+def native_path() -> str:
+    """Which implementation adamp_torch's CPU steps take in this run."""
+    from adamp_torch import _native
+
+    return "C step" if _native.library() is not None else f"torch ops ({_native.status()})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds (median)")
@@ -248,7 +260,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{platform.machine()}, {RESNET50_PARAMS:,} float32 parameters (ResNet-50 shapes), "
-        f"median of {args.rounds} rounds"
+        f"median of {args.rounds} rounds; adamp_torch: {native_path()}"
     )
     head = (
         f"| {'optimizer':38} | {'random ms':>9} | {'ratio':>5} | {'cpu':>5} | "

@@ -139,12 +139,14 @@ def step_applies(
 ) -> list[bool] | None:
     """Whether the C step can take a param group (``kept``: lists of state tensors), and then
     which of its tensors are tested (D4); None where it cannot. It needs the library built
-    (``library()`` called earlier, outside ``torch.compile``), plain (not DTensor) CPU tensors,
+    (under ``torch.compile``: by an earlier ``library()`` call), plain (not DTensor) CPU tensors,
     params and grads of one dtype, state in its compute dtype (D9), each param tested along dim
     0 or untested, and each param's grad and state laid out as the param, contiguous or
     channels_last."""
     first = ps[0]
-    if _lib is None or first.device.type != "cpu" or not first.is_floating_point():
+    if first.device.type != "cpu" or not first.is_floating_point():
+        return None
+    if (_lib if torch.compiler.is_compiling() else library()) is None:
         return None
     state_dtype = _kernel.compute_dtype(first.dtype)
     tested = []
