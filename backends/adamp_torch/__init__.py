@@ -1,8 +1,10 @@
 """AdamP and SGDP for PyTorch: drop-in for ``adamp.AdamP`` / ``adamp.SGDP``, free of host syncs.
 
 Semantics are those of the NumPy reference ``adamp_core`` (decisions D1-D9); hyperparameters
-go through its validator. One multi-tensor code path (``torch._foreach_*``), parameters grouped
-by device and dtype; float16/bfloat16 parameters are stepped in float32 with float32 state.
+go through its validator. On CPUs a param group's step runs in a small C library built on
+first use (``adamp_torch._native``: two passes per tensor); elsewhere, and where it cannot be
+built, in multi-tensor torch ops (``torch._foreach_*``) over parameters grouped by device and
+dtype. float16/bfloat16 parameters are stepped in float32 with float32 state.
 
 Reading which projection view fired, without a host synchronisation::
 

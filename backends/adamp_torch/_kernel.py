@@ -1,4 +1,6 @@
-"""Multi-tensor machinery shared by AdamP and SGDP: checks, grouping, buckets, projection.
+"""The torch-ops step's machinery, shared by AdamP and SGDP: checks, grouping, buckets,
+projection. (CPU param groups the C step takes, ``_native.step_applies``, do not come here
+except for the checks.)
 
 The projection (P1-P5 of ``adamp_core``) is computed without reading anything on the host:
 

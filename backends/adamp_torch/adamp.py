@@ -1,4 +1,5 @@
-r"""AdamP for PyTorch: a multi-tensor kernel of (A1)-(A8), free of host synchronisation."""
+r"""AdamP for PyTorch: (A1)-(A8) in torch ops (multi-tensor, free of host synchronisation) or,
+on CPUs, in the C step of ``_native``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-r"""SGDP for PyTorch: a multi-tensor kernel of (S1)-(S6), free of host synchronisation."""
+r"""SGDP for PyTorch: (S1)-(S6) in torch ops (multi-tensor, free of host synchronisation) or,
+on CPUs, in the C step of ``_native``."""
 
 from __future__ import annotations
 
