@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import torch
@@ -112,12 +113,8 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         grads = [p.grad for p in params]
         tested = _native.step_applies(group["channel_axis"], params, grads, kept)
         if tested is not None:  # the whole group in one call of the C step (_native.c)
-            low = params[0].dtype in LOW_PRECISION  # D9, as below
-            work_p = [p.float() for p in params] if low else params
-            work_g = [g.float() for g in grads] if low else grads
-            self._record(params, self._native_update(group, tested, work_p, work_g, states))
-            if low:
-                torch._foreach_copy_(params, work_p)
+            update = partial(self._native_update, group, tested, states=states)
+            self._in_compute_dtype(params, params, grads, update)
             return
         for idx in _kernel.buckets(params):
             ps = [params[i] for i in idx]
@@ -128,18 +125,27 @@ class ProjectionOptimizer(torch.optim.Optimizer):
                 device, dtype = _kernel.local(ps[0]).device, _kernel.compute_dtype(ps[0].dtype)
                 layout = _kernel.make_layout(ps, axes, device, dtype)
                 self._layouts[key] = layout
-            states = [self.state[p] for p in ps]
             local_p = [_kernel.local(p) for p in ps]
             local_g = [_kernel.local(p.grad) for p in ps]
-            low = ps[0].dtype in LOW_PRECISION  # D9: compute in float32, store in own dtype
-            work_p = [p.float() for p in local_p] if low else local_p
-            work_g = [g.float() for g in local_g] if low else local_g
-            views = self._update_bucket(group, layout, work_p, work_g, states)
-            if low:
-                torch._foreach_copy_(local_p, work_p)
-            self._record(ps, views)
+            update = partial(self._update_bucket, group, layout, states=[states[i] for i in idx])
+            self._in_compute_dtype(ps, local_p, local_g, update)
 
-    def _record(self, ps: list[Tensor], views: Tensor) -> None:
+    def _in_compute_dtype(
+        self,
+        ps: list[Tensor],
+        local_p: list[Tensor],
+        local_g: list[Tensor],
+        update: Callable[[list[Tensor], list[Tensor]], Tensor],
+    ) -> None:
+        """Runs ``update(p, g)`` on the local tensors, on float32 copies for 16-bit parameters
+        (D9: computed in float32, stored in the parameter's dtype), and records the views it
+        returns for ``ps``."""
+        low = ps[0].dtype in LOW_PRECISION
+        work_p = [p.float() for p in local_p] if low else local_p
+        work_g = [g.float() for g in local_g] if low else local_g
+        views = update(work_p, work_g)
+        if low:
+            torch._foreach_copy_(local_p, work_p)
         if self.track_views:
             for p, v in zip(ps, views.unbind(), strict=True):
                 self.last_views[p] = v

@@ -415,7 +415,6 @@ def per_tensor(x: Tensor) -> list[Tensor]:
 def flat_buffers(
     like: Sequence[Tensor],
     *,
-    zero: bool = False,
     overlap: bool = False,
     cache: dict | None = None,
     slot: int = 0,
@@ -438,8 +437,6 @@ def flat_buffers(
         if cache is not None:
             cache[key] = flat
     flat = flat[:total]
-    if zero:
-        flat.zero_()
     if overlap:
         return [flat[:n].view(x.shape) for n, x in zip(sizes, like, strict=True)]
     return [b.view(x.shape) for b, x in zip(flat.split(sizes), like, strict=True)]

@@ -141,6 +141,6 @@ class AdamP(ProjectionOptimizer):
         torch._foreach_addcmul_(ps, u, _kernel.per_tensor(-a))  # A8
         return proj.views
 
-    def _kept(self, ps, slot, zero=False):
+    def _kept(self, ps, slot):
         """Bucket-sized temporaries kept between steps (``_kernel.flat_buffers``)."""
-        return _kernel.flat_buffers(ps, zero=zero, cache=self._work, slot=slot)
+        return _kernel.flat_buffers(ps, cache=self._work, slot=slot)
