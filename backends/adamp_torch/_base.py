@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import required
 
 from adamp_core import validate_hyperparameters
 from adamp_torch import _kernel, _native
@@ -55,9 +57,18 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("_work", {})
         self.__dict__.setdefault("track_views", False)
         self.__dict__.setdefault("last_views", {})
-        for group in self.param_groups:  # state dicts of the official package / timm
-            for key, value in self.defaults.items():
-                group.setdefault(key, value)
+        if type(self.defaults.get("lr")) is type(required):  # pickling made a new sentinel
+            self.defaults["lr"] = required
+        # Groups of state dicts saved by the official package or timm lack the keys only this
+        # class has (channel_axis, project_buffer, ...): they get the defaults. Only the keys of
+        # the constructor's arguments: torch's __setstate__ adds "differentiable" to
+        # self.defaults, and a group that gained it would make the state_dict() of a loaded,
+        # copied or unpickled optimizer differ from the original's.
+        own = list(inspect.signature(type(self)).parameters)[1:]  # after params
+        for group in self.param_groups:
+            for key in own:
+                if key not in group and key in self.defaults:
+                    group[key] = self.defaults[key]
         for st in self.state.values():
             if "step" in st and not isinstance(st["step"], Tensor):  # official: a Python int
                 st["step"] = torch.tensor(float(st["step"]), dtype=torch.float32)

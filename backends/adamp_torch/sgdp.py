@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.optim.optimizer import required
 
 from adamp_torch import _kernel, _native
 from adamp_torch._base import ProjectionOptimizer, zeros_state
@@ -31,7 +32,9 @@ class SGDP(ProjectionOptimizer):
 
     Args:
       params: parameters or param groups.
-      lr: learning rate (required), a float or a tensor.
+      lr: learning rate, a float or a tensor; required, as in the official package, unless
+        every param group sets its own (PyTorch's ``required``: a group left without one
+        raises ``ValueError``).
       momentum: momentum factor ``mu``.
       dampening: dampening ``tau`` of the buffer update.
       weight_decay: multiplicative decay, divided by ``1 - momentum`` (D7, as official).
@@ -70,7 +73,7 @@ class SGDP(ProjectionOptimizer):
     def __init__(
         self,
         params: Iterable,
-        lr: float | Tensor,
+        lr: float | Tensor = required,
         momentum: float = 0.0,
         dampening: float = 0.0,
         weight_decay: float = 0.0,
