@@ -1,11 +1,11 @@
-"""Options, profiles, header, known deviations, branch coverage and the report.
+"""Options, profiles, header, expected failures, branch coverage and the report.
 
-``pytest conformance --backend=NAME [--device=cpu|cuda|gpu] [--dtype=a,b] [--report=F.json]``
+``pytest conformance --backend=NAME [--device=cpu|cuda|gpu] [--dtype=a,b] [--report=F.json]
+[--xfails-file=F]`` (installed: ``adamp-conformance`` with the same options)
 """
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import warnings
 from pathlib import Path
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
-from conformance import drivers
-from conformance.known_deviations import KNOWN_DEVIATIONS
-from conformance.report import RECORDER
-from conformance.strategies import DTYPES, INVALID_ARGUMENTS, SCENARIOS
+from . import drivers
+from .report import RECORDER
+from .strategies import DTYPES, INVALID_ARGUMENTS, SCENARIOS
+from .xfails import XfailsError, builtin_xfails, matches, read_xfails
 
 _COMMON = {
     "deadline": None,
@@ -50,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--device", default="cpu", help="cpu, cuda or gpu (cuda and gpu are the same)")
     group.addoption("--dtype", default=None, help="comma-separated dtypes (default: all supported)")
     group.addoption("--report", default=None, help="write the report table as JSON to this file")
+    group.addoption(
+        "--xfails-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="expected failures: test-id globs with a reason each (strict; repeatable)",
+    )
 
 
 @pytest.hookimpl(trylast=True)  # after hypothesis has loaded --hypothesis-profile
@@ -76,7 +83,19 @@ def pytest_configure(config: pytest.Config) -> None:
             f"--dtype {','.join(bad)} not supported by {name} on {device}; "
             f"choose from: {', '.join(supported)} (all dtypes: {', '.join(DTYPES)})"
         )
-    config._conformance = {"backend": name, "driver": driver, "device": device, "dtypes": dtypes}
+    try:
+        xfails = (builtin_xfails(name) if name in drivers.BACKENDS else []) + [
+            e for path in config.getoption("--xfails-file") for e in read_xfails(path)
+        ]
+    except XfailsError as e:
+        raise pytest.UsageError(str(e)) from e
+    config._conformance = {
+        "backend": name,
+        "driver": driver,
+        "device": device,
+        "dtypes": dtypes,
+        "xfails": xfails,
+    }
     cap = getattr(driver, "ci_max_examples", None)
     if cap and settings.get_current_profile_name() == "ci":
         # Frameworks that compile per shape (JAX) run fewer examples per test in ci, so that
@@ -128,29 +147,30 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         )
 
 
-def _matches(name: str, pattern: str) -> bool:
-    """fnmatch with ``[`` and ``]`` taken literally (they delimit pytest's parameter ids)."""
-    escaped = "".join({"[": "[[]", "]": "[]]"}.get(ch, ch) for ch in pattern)
-    return fnmatch.fnmatchcase(name, escaped)
+def _possible_names(c, items: list[pytest.Item]) -> set[str]:
+    """Names the collected tests can have with any dtype the backend supports (an entry for
+    float16 is not stale because this run chose --dtype=float32)."""
+    names = {i.name for i in items}
+    for name in list(names):
+        for d in c["dtypes"]:
+            if f"-{d}]" in name or f"[{d}]" in name:
+                names |= {
+                    name.replace(f"-{d}]", f"-{o}]").replace(f"[{d}]", f"[{o}]")
+                    for o in c["driver"].dtypes()
+                }
+    return names
 
 
-def _possible_ids(c) -> set[str]:
-    ids = {f"test_trajectory[{s}-{d}]" for s in SCENARIOS for d in c["driver"].dtypes()}
-    ids |= {f"test_rejects_invalid[{o}-{a}]" for o, args in INVALID_ARGUMENTS.items() for a in args}
-    return ids
-
-
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselect: staleness is judged on every test
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     c = config._conformance
-    entries = KNOWN_DEVIATIONS.get(c["backend"], {})
-    for pattern in entries:
-        if not any(_matches(i, pattern) for i in _possible_ids(c)):
-            warnings.warn(
-                f"known deviation {pattern!r} of {c['backend']} matches no test", stacklevel=1
-            )
-            config._conformance.setdefault("stale", []).append(pattern)
+    names = _possible_names(c, items)
+    for entry in c["xfails"]:
+        if not any(matches(n, entry.pattern) for n in names):
+            warnings.warn(f"xfail {entry.pattern!r} ({entry.where}) matches no test", stacklevel=1)
+            c.setdefault("stale", []).append(entry)
     for item in items:
-        reasons = [r for p, r in entries.items() if _matches(item.name, p)]
+        reasons = [e.reason for e in c["xfails"] if matches(item.name, e.pattern)]
         if reasons:
             item.add_marker(pytest.mark.xfail(strict=True, reason="; ".join(reasons)))
 
@@ -179,8 +199,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config)
         tr.write_line(line)
     for line in RECORDER.table():
         tr.write_line(line)
-    for pattern in c.get("stale", []):
-        tr.write_line(f"WARNING: known deviation {pattern!r} matches no test")
+    for entry in c.get("stale", []):
+        tr.write_line(f"WARNING: xfail {entry.pattern!r} ({entry.where}) matches no test")
     for line in RECORDER.coverage_failures():
         tr.write_line(f"COVERAGE: {line}", red=True)
     path = config.getoption("--report")

@@ -28,9 +28,10 @@ import numpy as np
 import adamp_core
 from adamp_core.projection import Decision, rows, unrows
 from adamp_core.testing import branch_gradient
-from conformance.drivers import Driver, Output, Problem, ProblemGroup, numpy_dtype
-from conformance.strategies import THRESHOLD_FRACTIONS, Case, ParamSpec
-from conformance.tolerances import tolerance
+
+from .drivers import Driver, Output, Problem, ProblemGroup, numpy_dtype
+from .strategies import THRESHOLD_FRACTIONS, Case, ParamSpec
+from .tolerances import tolerance
 
 STATE_KEYS = {"adamp": ("step", "exp_avg", "exp_avg_sq"), "sgdp": ("momentum_buffer",)}
 
@@ -432,4 +433,4 @@ def _compare_state(optimizer, state, ref_state, g, u_abs, rtol, atol, running, i
 
 def repro(backend: str, case: Case) -> str:
     """The command that replays ``case`` alone, step by step, with its errors."""
-    return f'  reproduce: python -m conformance.repro --backend={backend} "{case!r}"'
+    return f'  reproduce: python -m {__package__}.repro --backend={backend} "{case!r}"'

@@ -15,7 +15,8 @@ import numpy as np
 
 from adamp_core import AdamPState, SGDPState
 from adamp_core.projection import VIEWS, rows, unrows
-from conformance.drivers.numpy_driver import NumpyDriver
+
+from .drivers.numpy_driver import NumpyDriver
 
 
 class Mutant(NamedTuple):

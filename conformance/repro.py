@@ -1,4 +1,5 @@
-"""Replays one case step by step: ``python -m conformance.repro --backend=NAME "Case(...)"``.
+"""Replays one case step by step: ``python -m adamp_conformance.repro --backend=NAME "Case(...)"``
+(in a checkout: ``python -m conformance.repro``; the failure prints the right one).
 
 Paste the ``Case(...)`` a failure printed. Prints, per step and parameter, the reference's
 decision and margins and the largest error of the parameter, then the verdict of the full
@@ -13,9 +14,10 @@ import sys
 import numpy as np
 
 import adamp_core
-from conformance import drivers
-from conformance.harness import ConformanceFailure, check_case, prepare
-from conformance.strategies import Case, Group, ParamSpec
+
+from . import drivers
+from .harness import ConformanceFailure, check_case, prepare
+from .strategies import Case, Group, ParamSpec
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conformance.strategies import invalid_hyperparams
+from .strategies import invalid_hyperparams
 
 
 @given(data=st.data())

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, given, settings
 
-from conformance.harness import ConformanceFailure, check_case
-from conformance.mutants import MUTANTS, MutantDriver
-from conformance.strategies import SCENARIOS, cases
+from .harness import ConformanceFailure, check_case
+from .mutants import MUTANTS, MutantDriver
+from .strategies import SCENARIOS, cases
 
 
 def _run(driver: MutantDriver, scenario: str) -> None:

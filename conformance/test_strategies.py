@@ -10,8 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adamp_core
-from conformance.harness import make_gradient, prepare
-from conformance.strategies import (
+
+from .harness import make_gradient, prepare
+from .strategies import (
     GRADIENT_KINDS,
     INVALID_ARGUMENTS,
     MAX_ELEMENTS,

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from conformance.harness import check_case
-from conformance.report import RECORDER
-from conformance.strategies import SCENARIOS, cases
+from .harness import check_case
+from .report import RECORDER
+from .strategies import SCENARIOS, cases
 
 
 @given(data=st.data())

@@ -111,17 +111,19 @@ class Driver:
 
 
 # name -> "module:attribute" of the driver class. Keras drivers need KERAS_BACKEND set before
-# keras is imported, so each keras backend runs in its own pytest process.
+# keras is imported, so each keras backend runs in its own pytest process. The module names
+# follow this package's own name: ``conformance`` in a checkout, ``adamp_conformance`` installed.
+_HERE = __name__
 BACKENDS: dict[str, str] = {
-    "numpy": "conformance.drivers.numpy_driver:NumpyDriver",
-    "official": "conformance.drivers.official_driver:OfficialDriver",
-    "pytorch-optimizer": "conformance.drivers.pytorch_optimizer_driver:PytorchOptimizerDriver",
-    "torch": "conformance.drivers.torch_driver:TorchDriver",
-    "torch-ops": "conformance.drivers.torch_driver:TorchOpsDriver",
-    "jax": "conformance.drivers.jax_driver:JaxDriver",
-    "keras-tensorflow": "conformance.drivers.keras_driver:KerasTensorflowDriver",
-    "keras-jax": "conformance.drivers.keras_driver:KerasJaxDriver",
-    "keras-torch": "conformance.drivers.keras_driver:KerasTorchDriver",
+    "numpy": _HERE + ".numpy_driver:NumpyDriver",
+    "official": _HERE + ".official_driver:OfficialDriver",
+    "pytorch-optimizer": _HERE + ".pytorch_optimizer_driver:PytorchOptimizerDriver",
+    "torch": _HERE + ".torch_driver:TorchDriver",
+    "torch-ops": _HERE + ".torch_driver:TorchOpsDriver",
+    "jax": _HERE + ".jax_driver:JaxDriver",
+    "keras-tensorflow": _HERE + ".keras_driver:KerasTensorflowDriver",
+    "keras-jax": _HERE + ".keras_driver:KerasJaxDriver",
+    "keras-torch": _HERE + ".keras_driver:KerasTorchDriver",
 }
 
 

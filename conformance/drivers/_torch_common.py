@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.drivers import Driver, Output, Problem, float_dtypes, numpy_dtype
+from . import Driver, Output, Problem, float_dtypes, numpy_dtype
 
 
 def _torch():

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.drivers import Driver, Output, Problem, float_dtypes
+from . import Driver, Output, Problem, float_dtypes
 
 _FIELDS = {"adamp": ("step", "exp_avg", "exp_avg_sq"), "sgdp": ("momentum_buffer",)}
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from conformance.drivers import Driver, Output, Problem, float_dtypes
+from . import Driver, Output, Problem, float_dtypes
 
 _STATE_LISTS = {
     "exp_avg": ("_exp_avg", "exp_avg"),

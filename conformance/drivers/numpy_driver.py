@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 import adamp_core
-from conformance.drivers import Driver, Output, Problem, has_bfloat16
+
+from . import Driver, Output, Problem, has_bfloat16
 
 
 class NumpyDriver(Driver):

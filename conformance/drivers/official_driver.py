@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import version
 
-from conformance.drivers._torch_common import TorchDriverBase
+from ._torch_common import TorchDriverBase
 
 
 class OfficialDriver(TorchDriverBase):

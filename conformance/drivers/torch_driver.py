@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from conformance.drivers._torch_common import TorchDriverBase
+from ._torch_common import TorchDriverBase
 
 
 class TorchDriver(TorchDriverBase):

@@ -33,11 +33,16 @@ def test_wheel_holds_only_the_import_packages(wheel):
     names = wheel.namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     adapters = {p.name for p in (ROOT / "backends").glob("adamp_*") if p.is_dir()}
-    assert top == {"adamp_core"} | adapters
+    assert top == {"adamp_core", "adamp_conformance"} | adapters
     assert not top & FORBIDDEN_TOP_LEVEL
     for package in top:
         assert f"{package}/py.typed" in names, f"{package} ships no py.typed"
     assert "adamp_torch/_native.c" in names  # compiled on first use (adamp_torch._native)
+    # The conformance suite ships under its own name, with its data files and without the
+    # checkout's alias folder.
+    assert "adamp_conformance/conftest.py" in names
+    assert "adamp_conformance/xfails/official.txt" in names
+    assert not [n for n in names if "_checkout" in n or "__pycache__" in n]
 
 
 @pytest.mark.parametrize(
