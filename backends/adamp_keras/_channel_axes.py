@@ -1,6 +1,9 @@
-"""``channel_axes(model)``: the output-channel axis of every trainable variable of a model (D3)."""
+"""The output-channel axis of the kernels of Keras layers (D3): ``channel_axes(model)``, and the
+axes the optimizers take by default from the layers that own the variables they are built for."""
 
 from __future__ import annotations
+
+import sys
 
 import keras
 
@@ -27,6 +30,43 @@ def _layer_axes(layer) -> dict[int, int]:
         if isinstance(layer, classes) and getattr(layer, attr, None) is not None:
             out[id(getattr(layer, attr))] = axis
     return out
+
+
+def owner_axes(variables) -> dict[int, int]:
+    """``{id(variable): axis}`` for the variables of ``ndim >= 2`` owned by a layer of the table.
+
+    An optimizer sees only variables; their layers are found among the Keras layers and models
+    that the calling frames hold (``self`` of Keras' trainer in ``fit`` and ``compile``, the
+    caller's ``model`` in ``optimizer.build(model.trainable_variables)``, module globals),
+    walked with their sublayers. A variable is entered only when every layer found to hold it
+    gives the same axis; one that is also a plain kernel of another layer (a tied embedding used
+    as a Dense kernel) is ambiguous and left to the default.
+    """
+    wanted = {id(v) for v in variables if len(v.shape) >= 2}
+    found: dict[int, set[int]] = {}
+    seen_layers: set[int] = set()
+    seen_namespaces: set[int] = set()
+    frame = sys._getframe(1)
+    while frame is not None and wanted:
+        for namespace in (frame.f_locals, frame.f_globals):
+            if id(namespace) in seen_namespaces:
+                continue
+            seen_namespaces.add(id(namespace))
+            # type(), not isinstance(): no attribute of an arbitrary object is read
+            roots = [o for o in list(namespace.values()) if issubclass(type(o), keras.Layer)]
+            for root in roots:
+                if id(root) in seen_layers:
+                    continue
+                for layer in root._flatten_layers(include_self=True, recursive=True):
+                    if id(layer) in seen_layers:
+                        continue
+                    seen_layers.add(id(layer))
+                    special = _layer_axes(layer)
+                    for v in layer._trainable_variables:
+                        if id(v) in wanted:
+                            found.setdefault(id(v), set()).add(special.get(id(v), -1))
+        frame = frame.f_back
+    return {k: axes.pop() for k, axes in found.items() if len(axes) == 1 and -1 not in axes}
 
 
 def channel_axes(model: keras.Model, default: int = -1) -> dict[str, int]:

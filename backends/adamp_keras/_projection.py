@@ -14,10 +14,49 @@ import keras
 from keras import ops
 
 from adamp_core import check_channel_axis, validate_hyperparameters
+from adamp_keras._channel_axes import owner_axes
 
-ChannelAxis = int | Mapping[str, int] | Callable[[Any], int]
+ChannelAxis = int | Mapping[str, int] | Callable[[Any], int] | None
 
 _HALF = ("float16", "bfloat16")
+_BACKEND = keras.backend.backend()
+
+
+def densify(gradient, variable):
+    """A sparse gradient as the dense one of ``variable``'s shape, else the gradient as it is.
+
+    Sparse gradients are ``tf.IndexedSlices`` (TensorFlow: ``Embedding``, ``ops.take``), JAX
+    ``BCOO`` and PyTorch sparse COO tensors; values at duplicate indices are summed, as densifying
+    them does. The step needs the dense form anyway: the decision (P2, P3) takes sums over whole
+    rows and over the whole tensor, Adam's moments decay on rows without gradient too (A2, A3),
+    and the weight decay and the projection touch every row. So one dense tensor is formed, in
+    the gradient's dtype, and the step is the dense step, on every path and backend.
+    """
+    if _BACKEND == "tensorflow":
+        from adamp_keras._tf import densify as tf_densify
+
+        return tf_densify(gradient, tuple(variable.shape))
+    if _BACKEND == "jax":
+        from jax.experimental import sparse
+
+        return gradient.todense() if isinstance(gradient, sparse.JAXSparse) else gradient
+    if _BACKEND == "torch" and getattr(gradient, "is_sparse", False):
+        return gradient.to_dense()
+    return gradient
+
+
+def check_real(optimizer: str, variables) -> None:
+    """Raises for a complex variable: the projection and Adam's moments are defined for real
+    weights only (``g * g`` is not ``|g|^2`` for a complex g), and a step on the real part alone
+    would be silently wrong."""
+    for v in variables:
+        dtype = keras.backend.standardize_dtype(v.dtype)
+        if "complex" in dtype:
+            path = getattr(v, "path", getattr(v, "name", "?"))
+            raise ValueError(
+                f"{optimizer} supports real floating-point variables only; variable {path!r} "
+                f"has dtype {dtype}. Train its real and imaginary parts as two real variables."
+            )
 
 
 def compute_dtype(dtype: Any) -> str:
@@ -119,6 +158,12 @@ def lookup_path(mapping: Mapping[str, int], path: str) -> int | None:
     return None
 
 
+def _path_name(variable) -> str:
+    """A variable's path as one name, the form Keras' ``add_variable_from_reference`` uses, so
+    that the state of two variables never shares a path."""
+    return getattr(variable, "path", variable.name).replace("/", "_")
+
+
 class ProjectedOptimizer(keras.optimizers.Optimizer):
     """What AdamP and SGDP share: channel axes, their own weight decay, projection counters."""
 
@@ -141,11 +186,14 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
             **hyperparameters,
         )
         if isinstance(channel_axis, bool) or not (
-            isinstance(channel_axis, int | Mapping) or callable(channel_axis)
+            channel_axis is None
+            or isinstance(channel_axis, int | Mapping)
+            or callable(channel_axis)
         ):
             raise ValueError(
-                "channel_axis must be an int, a mapping from variable path to int (as returned "
-                f"by channel_axes(model)), or a callable on the variable (got {channel_axis!r})"
+                "channel_axis must be None (from the layer owning each kernel), an int, a mapping "
+                "from variable path to int (as returned by channel_axes(model)), or a callable on "
+                f"the variable (got {channel_axis!r})"
             )
         if not isinstance(track_projection, bool):
             raise ValueError(f"track_projection must be True or False (got {track_projection!r})")
@@ -164,7 +212,9 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
     def _resolve_axis(self, variable) -> int | None:
         """The channel axis of one model variable (None when it is never projected, D4)."""
         spec = self.channel_axis
-        if isinstance(spec, Mapping):
+        if spec is None:  # the owning layer's axis where it was found, else Keras' -1
+            axis = self._owner_axes.get(id(variable), -1)
+        elif isinstance(spec, Mapping):
             path = getattr(variable, "path", variable.name)
             axis = lookup_path(spec, path)
             if axis is None and len(variable.shape) < 2:
@@ -186,21 +236,25 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
     def _state_variable(self, variable, name: str):
         """A zero state variable for ``variable``, in float32 for half-precision variables (D9)."""
         if keras.backend.standardize_dtype(variable.dtype) in _HALF:
-            path = getattr(variable, "path", variable.name).replace("/", "_")
-            return self.add_variable(variable.shape, dtype="float32", name=f"{path}_{name}")
+            name = f"{_path_name(variable)}_{name}"
+            return self.add_variable(variable.shape, dtype="float32", name=name)
         return self.add_variable_from_reference(variable, name=name)
 
     def build(self, variables):
         if self.built:
             return
+        check_real(type(self).__name__, variables)  # before any state is made
+        # Frames above this one (Keras' trainer, the caller of build) hold the model.
+        self._owner_axes = owner_axes(variables) if self.channel_axis is None else {}
+        axes = [self._resolve_axis(v) for v in variables]  # raises before any state is made
         super().build(variables)
-        self._axes = [self._resolve_axis(v) for v in variables]
+        self._axes = axes
         self._compiled = None  # see _project
         self._projection_counts = [
-            self.add_variable((2,), dtype="int32", name="projection_counts")
+            self.add_variable((2,), dtype="int32", name=f"{_path_name(v)}_projection_counts")
             if self.track_projection and axis is not None
             else None
-            for axis in self._axes
+            for v, axis in zip(variables, self._axes, strict=True)
         ]
 
     def _begin(self, gradient, variable, learning_rate):
@@ -209,7 +263,8 @@ class ProjectedOptimizer(keras.optimizers.Optimizer):
             return None
         i = self._get_variable_index(variable)
         dt = compute_dtype(variable.dtype)
-        return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), ops.cast(gradient, dt)
+        g = ops.cast(densify(gradient, variable), dt)
+        return i, ops.cast(learning_rate, dt), ops.cast(variable, dt), g
 
     def _project(self, i: int, p, g, u, g2=None, apply=True, direction=None):
         """(A6), (S3): ``(u, r)``, projected when the variable is tested and a view fires;

@@ -31,6 +31,21 @@ def in_xla() -> bool:
     return bool(GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
 
 
+def densify(gradient, shape):
+    """A ``tf.IndexedSlices`` gradient as the dense tensor of ``shape``, the values of duplicate
+    indices summed (as ``tf.convert_to_tensor`` does); any other gradient as it is.
+
+    The indices are read through ``tf.convert_to_tensor`` and flattened, so a Python tuple of
+    indices (as in Keras' own sparse tests, which ``tf.convert_to_tensor`` of the slices does not
+    accept) or an ``(n, 1)`` index tensor work too. ``unsorted_segment_sum`` with the static row
+    count also compiles under XLA.
+    """
+    if not isinstance(gradient, tf.IndexedSlices):
+        return gradient
+    indices = tf.reshape(tf.convert_to_tensor(gradient.indices), [-1])
+    return tf.math.unsorted_segment_sum(tf.convert_to_tensor(gradient.values), indices, shape[0])
+
+
 def same_dtype(a, b) -> bool:
     """Whether two dtypes (Keras names or TensorFlow dtypes) are the same."""
     return keras.backend.standardize_dtype(a) == keras.backend.standardize_dtype(b)

@@ -39,12 +39,17 @@ class AdamP(ProjectedOptimizer):
       delta: threshold constant of the detection (P3); 0 never projects.
       wd_ratio: the factor r applied to the decay on projected steps (P5).
       nesterov: use ``b1 m + (1 - b1) g`` as the numerator (A5).
-      channel_axis: output-channel axis of the kernels (D3). An int (Keras kernels are
-        ``(..., in, out)``, hence -1), a mapping from variable path to axis as returned by
-        ``channel_axes(model)`` (transposed convolutions need -2), or a callable on the variable.
+      channel_axis: output-channel axis of the kernels (D3). None: the axis of the layer that
+        owns each kernel, where the optimizer is built for a model's variables (the table of
+        ``channel_axes``: -2 for transposed convolutions, 0 for embeddings), -1 (Keras'
+        ``(..., in, out)`` layout) for every other variable. An int for every variable, a
+        mapping from variable path to axis as returned by ``channel_axes(model)``, or a
+        callable on the variable.
       track_projection: count, per variable, the steps in which each view fired; read them
         with ``projection_counts()``.
-      name: the optimizer's name.
+      name: the optimizer's name; None gives Keras' unique name from the class name
+        (``adam_p``, ``adam_p_1``, ...; ``sgdp``, ``sgdp_1``), so the state variables of two
+        optimizers never share a path.
       **kwargs: the base-class options (``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
         ``gradient_accumulation_steps``).
@@ -74,9 +79,9 @@ class AdamP(ProjectedOptimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         nesterov: bool = False,
-        channel_axis: ChannelAxis = -1,
+        channel_axis: ChannelAxis = None,
         track_projection: bool = False,
-        name: str = "adamp",
+        name: str | None = None,
         **kwargs,
     ):
         super().__init__(

@@ -33,12 +33,14 @@ class SGDP(ProjectedOptimizer):
       epsilon, delta, wd_ratio: of the projection (P2)-(P5).
       project_buffer: store the projected direction as the buffer, as the official code does
         when nesterov is off (D6). False follows the paper.
-      channel_axis: output-channel axis of the kernels (D3): an int (-1 for Keras kernels), a
-        mapping from variable path to axis as returned by ``channel_axes(model)``, or a callable
-        on the variable.
+      channel_axis: output-channel axis of the kernels (D3), as in ``AdamP``: None (the owning
+        layer's axis where it is seen at build, else -1), an int, a mapping from variable path
+        to axis as returned by ``channel_axes(model)``, or a callable on the variable.
       track_projection: count, per variable, the steps in which each view fired; read them
         with ``projection_counts()``.
-      name: the optimizer's name.
+      name: the optimizer's name; None gives Keras' unique name from the class name
+        (``adam_p``, ``adam_p_1``, ...; ``sgdp``, ``sgdp_1``), so the state variables of two
+        optimizers never share a path.
       **kwargs: the base-class options (``clipnorm``, ``clipvalue``, ``global_clipnorm``,
         ``use_ema``, ``ema_momentum``, ``ema_overwrite_frequency``, ``loss_scale_factor``,
         ``gradient_accumulation_steps``).
@@ -63,9 +65,9 @@ class SGDP(ProjectedOptimizer):
         delta: float = 0.1,
         wd_ratio: float = 0.1,
         project_buffer: bool = False,
-        channel_axis: ChannelAxis = -1,
+        channel_axis: ChannelAxis = None,
         track_projection: bool = False,
-        name: str = "sgdp",
+        name: str | None = None,
         **kwargs,
     ):
         super().__init__(
