@@ -14,7 +14,8 @@ Reading which projection view fired, without a host synchronisation::
 """
 
 from adamp_torch.adamp import AdamP
+from adamp_torch.checkpoint import to_official_state_dict
 from adamp_torch.sgdp import SGDP
 from adamp_torch.views import ViewCounter
 
-__all__ = ["SGDP", "AdamP", "ViewCounter"]
+__all__ = ["SGDP", "AdamP", "ViewCounter", "to_official_state_dict"]
