@@ -78,7 +78,17 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
         The base class casts every state tensor to its parameter's dtype, which would round
         float32 moments to float16; they are restored from ``state_dict`` here.
+
+        Raises:
+          ValueError: for a param group saved by timm with ``caution=True`` (its cautious
+            variant, which this class does not implement), before anything is loaded.
         """
+        for i, group in enumerate(state_dict["param_groups"]):
+            if group.get("caution"):
+                raise ValueError(
+                    f"{type(self).__name__}.load_state_dict: param group {i} has caution=True "
+                    "(timm's cautious variant), which is not implemented here"
+                )
         super().load_state_dict(state_dict)
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]

@@ -21,12 +21,12 @@ def to_official_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     adamp_torch keeps AdamP's ``step`` as a float32 tensor, as ``torch.optim`` does (the step
     compiles and never reads a counter on the host). The official ``adamp.AdamP`` (and timm's)
     counts with a Python int and raises ``beta ** step`` directly, so from a float32 tensor it
-    would compute its bias corrections in float32: 3.6e-6 off in float64 after a few steps. Here
-    each ``step`` becomes the int the official code would hold, and the group keys that only
-    adamp_torch has (``channel_axis``, ``project_buffer``, ``impl``) are left out; everything
-    else (moments, buffers, other group keys such as a scheduler's ``initial_lr``) is copied
-    unchanged. The official optimizer that loads the result continues exactly as if it had
-    taken the earlier steps itself.
+    would compute its bias corrections in float32 (float64 parameters were 4e-7 off after 7
+    steps in one measurement). Here each ``step`` becomes the int the official code would
+    hold, and the group keys that only adamp_torch has (``channel_axis``, ``project_buffer``,
+    ``impl``) are left out; everything else (moments, buffers, other group keys such as a
+    scheduler's ``initial_lr``) is copied unchanged. The official optimizer that loads the
+    result continues exactly as if it had taken the earlier steps itself.
 
     The official SGDP always stores the projected buffer (``project_buffer=True`` here, D6):
     from an SGDP checkpoint saved with the default ``project_buffer=False`` it continues with
