@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,17 @@ from adamp_core import validate_hyperparameters
 from adamp_torch import _kernel, _native
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# The implementations of a step, by the name ``impl=`` takes; automatic choice (``impl=None``)
+# takes the first that can step a group.
+IMPLS = ("native", "foreach")
+
+
+def check_impl(impl: Any, opt_name: str) -> None:
+    if impl is not None and impl not in IMPLS:
+        raise ValueError(
+            f"{opt_name}: impl must be None (automatic) or one of {', '.join(map(repr, IMPLS))} "
+            f"(got {impl!r})"
+        )
 
 
 class ProjectionOptimizer(torch.optim.Optimizer):
@@ -33,8 +45,12 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         self.track_views = False
         self.last_views: dict[Tensor, Tensor] = {}
         super().__init__(params, defaults)
-        if any(p.device.type == "cpu" for g in self.param_groups for p in g["params"]):
-            _native.library()  # built (or found wanting) now, not while a step is compiled
+        cpu = [g for g in self.param_groups if any(p.device.type == "cpu" for p in g["params"])]
+        if any(g["impl"] != "foreach" for g in cpu):
+            # built (or found wanting) now, not while a step is compiled
+            if _native.library() is None and any(g["impl"] == "native" for g in cpu):
+                raise ValueError(f"{type(self).__name__}(impl='native'): {_native.status()}")
+            _native.warn_unavailable(stacklevel=4)
 
     # -- groups ---------------------------------------------------------------------------
 
@@ -44,6 +60,7 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         group = self.param_groups[-1]
         try:
             validate_hyperparameters(**{k: group[k] for k in self._hyper})
+            check_impl(group.get("impl"), type(self).__name__)
             offset = sum(len(g["params"]) for g in self.param_groups[:-1])
             for i, p in enumerate(group["params"]):
                 _kernel.check_new_param(p, group["channel_axis"], type(self).__name__, offset + i)
@@ -103,40 +120,68 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Performs one step; with ``closure``, re-evaluates the loss first and returns it."""
+        """Performs one step; with ``closure``, re-evaluates the loss first and returns it.
+
+        Every group is checked, and its implementation chosen, before anything is written: a
+        step that raises leaves params and state as they were."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         name = type(self).__name__
         work = []
-        for group in self.param_groups:  # every check before any write
+        for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
             for p in params:
                 _kernel.check_step_param(
                     p, self.state[p], self._state_keys, group["channel_axis"], name
                 )
-            work.append((group, params))
+            if params:
+                work.append((group, params, self._choose(index, group, params)))
         if self.track_views:
             self.last_views = {}
-        for group, params in work:
+        for group, params, impl in work:
             for p in params:
                 if len(self.state[p]) == 0:
                     self._init_state(p, self.state[p])
-            self._step_group(group, params)
+            states = [self.state[p] for p in params]
+            impl.step(self, group, params, [p.grad for p in params], states)
         return loss
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        if not params:
-            return
-        states = [self.state[p] for p in params]
-        kept = [[st[k] for st in states] for k in self._state_keys]
-        grads = [p.grad for p in params]
-        tested = _native.step_applies(group["channel_axis"], params, grads, kept)
-        if tested is not None:  # the whole group in one call of the C step (_native.c)
-            update = partial(self._native_update, group, tested, states=states)
-            self._in_compute_dtype(params, params, grads, update)
-            return
+    def _choose(self, index: int, group: dict[str, Any], params: list[Tensor]) -> Implementation:
+        """The one place where a param group's implementation is chosen: the one ``impl``
+        names (an error if it cannot take the group), or the first of ``IMPLS`` that can."""
+        grads, states = [p.grad for p in params], [self.state[p] for p in params]
+        asked = group.get("impl")
+        for name in (asked,) if asked is not None else IMPLS:
+            impl = IMPLEMENTATIONS[name]
+            why = impl.why_not(self, group, params, grads, states)
+            if why is None:
+                return impl
+            if asked is not None:
+                raise ValueError(
+                    f"{type(self).__name__}(impl={asked!r}) cannot step param group {index}: {why}"
+                )
+            if name == "native" and not torch.compiler.is_compiling():
+                if any(p.device.type == "cpu" for p in params):
+                    _native.warn_unavailable(stacklevel=5)  # once, if the library is wanting
+        raise AssertionError("the foreach implementation takes every checked group")
+
+    def _native_why_not(self, group, params, grads, states) -> str | None:
+        kept = [[st.get(k) for st in states] for k in self._state_keys]
+        return _native.why_not(group["channel_axis"], params, grads, kept)
+
+    def _native_step(self, group, params, grads, states) -> None:
+        """The whole group in one call of the C step (``_native.c``)."""
+        tested = _native.tested(group["channel_axis"], params)
+        update = partial(self._native_update, group, tested, states=states)
+        self._in_compute_dtype(params, params, grads, update)
+
+    def _foreach_why_not(self, group, params, grads, states) -> str | None:
+        return None  # torch ops take whatever passed the step's checks
+
+    def _foreach_step(self, group, params, grads, states) -> None:
+        """Multi-tensor torch ops, bucket by bucket (``_kernel.buckets``)."""
         for idx in _kernel.buckets(params):
             ps = [params[i] for i in idx]
             axes = [group["channel_axis"]] * len(ps)
@@ -147,7 +192,7 @@ class ProjectionOptimizer(torch.optim.Optimizer):
                 layout = _kernel.make_layout(ps, axes, device, dtype)
                 self._layouts[key] = layout
             local_p = [_kernel.local(p) for p in ps]
-            local_g = [_kernel.local(p.grad) for p in ps]
+            local_g = [_kernel.local(grads[i]) for i in idx]
             update = partial(self._update_bucket, group, layout, states=[states[i] for i in idx])
             self._in_compute_dtype(ps, local_p, local_g, update)
 
@@ -193,6 +238,27 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         states: list[dict[str, Any]],
     ) -> Tensor:
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One implementation of a step. Both functions take ``(optimizer, group, params, grads,
+    states)`` for the params of a group that have grads: ``why_not`` returns None where
+    ``step`` can step them, else the reason; ``step`` steps them and records their views."""
+
+    name: str
+    why_not: Callable[..., str | None]
+    step: Callable[..., None]
+
+
+IMPLEMENTATIONS = {
+    "native": Implementation(
+        "native", ProjectionOptimizer._native_why_not, ProjectionOptimizer._native_step
+    ),
+    "foreach": Implementation(
+        "foreach", ProjectionOptimizer._foreach_why_not, ProjectionOptimizer._foreach_step
+    ),
+}
 
 
 def zeros_state(p: Tensor) -> Tensor:

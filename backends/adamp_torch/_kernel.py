@@ -1,6 +1,6 @@
 """The torch-ops step's machinery, shared by AdamP and SGDP: checks, grouping, buckets,
-projection. (CPU param groups the C step takes, ``_native.step_applies``, do not come here
-except for the checks.)
+projection: the implementation ``impl="foreach"`` of the optimizers, and the step-time checks
+every implementation relies on.
 
 The projection (P1-P5 of ``adamp_core``) is computed without reading anything on the host:
 
@@ -86,23 +86,43 @@ def check_new_param(p: Tensor, channel_axis: Any, opt_name: str, index: int) -> 
 def check_step_param(
     p: Tensor, state: dict, state_keys: Sequence[str], channel_axis: Any, opt_name: str
 ) -> None:
-    """Step-time checks, all done before anything is written (no half-updated step)."""
+    """Step-time checks of a param, its grad and its state, all done before anything of any
+    group is written (no half-updated step): sparsity and layout, shape, dtype, device and
+    DTensor-ness. A state tensor must have the param's shape, its compute dtype (D9) and
+    device, as ``load_state_dict`` leaves it; one left behind by ``model.double()`` or
+    ``model.to(device)`` after the state was made is an error, not converted silently."""
     g = p.grad
-    if g.is_sparse:
-        raise RuntimeError(f"{opt_name} does not support sparse gradients")
+    if g.layout != torch.strided or p.layout != torch.strided:
+        raise RuntimeError(
+            f"{opt_name} does not support sparse gradients or parameters (layout {g.layout})"
+        )
     check_grad_shape(tuple(p.shape), tuple(g.shape))
-    if g.dtype != p.dtype or g.device != p.device:
+    if g.dtype != p.dtype or g.device != p.device or is_dtensor(g) != is_dtensor(p):
         raise ValueError(
-            f"grad dtype/device ({g.dtype}, {g.device}) does not match param "
-            f"({p.dtype}, {p.device})"
+            f"grad dtype/device ({g.dtype}, {g.device}{', DTensor' * is_dtensor(g)}) does not "
+            f"match param ({p.dtype}, {p.device}{', DTensor' * is_dtensor(p)})"
         )
     check_channel_axis(channel_axis, tuple(p.shape))
+    dtype = compute_dtype(p.dtype)
     for key in state_keys:
-        if key in state and tuple(state[key].shape) != tuple(p.shape):
+        if key not in state:
+            continue
+        s = state[key]
+        if not isinstance(s, Tensor) or tuple(s.shape) != tuple(p.shape):
+            shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(
-                f"state[{key!r}] shape {tuple(state[key].shape)} does not match param shape "
-                f"{tuple(p.shape)}"
+                f"state[{key!r}] shape {shape} does not match param shape {tuple(p.shape)}"
             )
+        if s.dtype != dtype or s.device != p.device or is_dtensor(s) != is_dtensor(p):
+            raise ValueError(
+                f"{opt_name}: state[{key!r}] is ({s.dtype}, {s.device}"
+                f"{', DTensor' * is_dtensor(s)}) but its param ({p.dtype}, {p.device}"
+                f"{', DTensor' * is_dtensor(p)}) needs ({dtype}, {p.device}): the param was "
+                "converted or moved after its state was made (model.double(), model.to(...)); "
+                "reload the state with opt.load_state_dict(opt.state_dict()) to convert it"
+            )
+        if s.layout != torch.strided:
+            raise ValueError(f"{opt_name}: state[{key!r}] has layout {s.layout}, not strided")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -23,8 +23,8 @@
 #define CLONES
 #endif
 
-/* One call steps a param group of one dtype, one tensor after the other, in two passes over
- * each:
+/* One call steps a param group of one dtype, in two passes over each tensor (how tensors are
+ * shared out among threads: above step()):
  *
  *   pass 1  the state update and u, element by element, and the row sums of (p, g, u);
  *           AdamP: m, v (A2, A3) stored, u (A4, A5) not; SGDP: b (S1) stored, u (S2) not.
@@ -36,7 +36,9 @@
  * A tensor's p, g and state share one layout in which each row (dim 0) is a block of memory
  * (contiguous or channels_last); the elementwise passes run over memory in order. Elementwise
  * arithmetic is in the tensor's dtype, as the reference's (the compiler may contract a * b + c
- * into one rounding); sums and the decision in double. Untested tensors (D4) are cut into
+ * into one rounding); sums are taken in double and rounded to the compute dtype, and the
+ * decision is taken in that dtype (D10: overflow to inf, underflow to 0 and NaN where the
+ * reference has them); (P4) and the factors in double. Untested tensors (D4) are cut into
  * pseudo-rows only to share the work, and take F = 1 - lr wd (r = 1), s = 0.
  */
 
@@ -59,39 +61,55 @@ typedef struct { /* per row, in the call's scratch */
     double s, factor;
 } row_t;
 
+/* x rounded to the compute dtype (float32 unless f64): the decision is the reference's
+ * arithmetic in that dtype, overflow to inf and underflow to 0 included (D10). Each operation
+ * below is done in double on values so rounded and rounded again, which is the float32
+ * operation itself (double has more than twice float32's precision). */
+static inline double rnd(double x, int64_t f64) { return f64 ? x : (double)(float)x; }
+
 /* max(x, lo), NaN when x is NaN, as np.maximum and torch.clamp_min have it */
 static inline double max_nan(double x, double lo) { return x < lo ? lo : x; }
 
-static double cosine(const double *sums, double eps) { /* (P2), D1, D2 */
-    return fabs(sums[0]) / (max_nan(sqrt(sums[1]), eps) * max_nan(sqrt(sums[2]), eps));
+static double cosine(const double *sums, double eps, int64_t f64) { /* (P2), D1, D2 */
+    double gn = max_nan(rnd(sqrt(sums[1]), f64), eps), pn = max_nan(rnd(sqrt(sums[2]), f64), eps);
+    return rnd(fabs(sums[0]) / rnd(gn * pn, f64), f64);
 }
 
-/* (P2)-(P5) for one tensor; `a`: the step size of u, `decay`: 1 - lr wd r for r = 1 and the
- * same for r = wd_ratio (SGDP's divided by 1 - mu, D7). */
-static int decide(const tensor_t *t, row_t *rw, const hyper_t *h, double a, double decay1,
-                  double decay_r) {
-    int view = 0;
+/* (P2)-(P3) for one tensor whose row sums are in `rw` (rounded to the compute dtype): the
+ * view (0 none, 1 channel, 2 layer) and, for the layer view, its scale s (P4). Reads `rw`
+ * only, so that every thread of a split tensor can take the decision itself. */
+static int decide(const tensor_t *t, const row_t *rw, const hyper_t *h, double *layer_s) {
+    int64_t f64 = h->f64;
+    double eps = rnd(h->eps, f64);
     double tot[4] = {0, 0, 0, 0};
-    if (t->tested) {
-        int all_below = 1; /* (P3) channel view: every row below delta / sqrt(n) */
-        double thr = h->delta / sqrt((double)t->cols);
-        for (int64_t r = 0; r < t->rows; r++) {
-            for (int k = 0; k < 4; k++) tot[k] += rw[r].sums[k];
-            if (!(cosine(rw[r].sums, h->eps) < thr)) all_below = 0; /* a NaN row is not below */
-        }
-        if (all_below)
-            view = 1;
-        else if (cosine(tot, h->eps) < h->delta / sqrt((double)t->numel))
-            view = 2; /* D3: the layer view only where the channel view did not fire */
+    *layer_s = 0;
+    if (!t->tested) return 0;
+    int all_below = 1; /* (P3) channel view: every row below delta / sqrt(n) */
+    double thr = rnd(h->delta / sqrt((double)t->cols), f64);
+    for (int64_t r = 0; r < t->rows; r++) {
+        for (int k = 0; k < 4; k++) tot[k] += rw[r].sums[k];
+        /* the maximum over rows is NaN if any row is, and NaN is not below (D1, D10) */
+        if (!(cosine(rw[r].sums, eps, f64) < thr)) all_below = 0;
     }
-    double layer_s = 0;
-    if (view == 2) layer_s = tot[3] / ((sqrt(tot[2]) + h->eps) * (sqrt(tot[2]) + h->eps));
-    for (int64_t r = 0; r < t->rows; r++) { /* (P4) s = <p,u> / (|p| + eps)^2 */
+    if (all_below) return 1;
+    for (int k = 0; k < 4; k++) tot[k] = rnd(tot[k], f64);
+    if (!(cosine(tot, eps, f64) < rnd(h->delta / sqrt((double)t->numel), f64)))
+        return 0; /* D3: the layer view only where the channel view did not fire */
+    double pn = sqrt(tot[2]) + h->eps;
+    *layer_s = tot[3] / (pn * pn);
+    return 2;
+}
+
+/* (P4), (P5) for rows [lo, hi) of a tensor with `view`: s = <p,u> / (|p| + eps)^2 per row
+ * and the factor F of p <- p F - a u. `a`: the step size of u, `decay1`, `decay_r`: 1 - lr wd r
+ * for r = 1 and r = wd_ratio (SGDP's divided by 1 - mu, D7). */
+static void set_rows(row_t *rw, int64_t lo, int64_t hi, int view, double layer_s,
+                     const hyper_t *h, double a, double decay1, double decay_r) {
+    for (int64_t r = lo; r < hi; r++) {
         double pn = sqrt(rw[r].sums[2]) + h->eps;
         rw[r].s = view == 1 ? rw[r].sums[3] / (pn * pn) : layer_s;
         rw[r].factor = (view ? decay_r : decay1) + a * rw[r].s;
     }
-    return view;
 }
 
 /* Loop bodies, each instantiated with and without Nesterov so that both loops vectorise. The
@@ -134,6 +152,11 @@ static int decide(const tensor_t *t, row_t *rw, const hyper_t *h, double a, doub
         p[i] = pi * f - lr * ui; /* S4, S5 */                                                  \
         (void)gi;                                                                              \
     }
+
+/* D10: each row sum, taken in double, rounded to the compute dtype before the decision, so
+ * that it overflows to inf and underflows to 0 where the reference's sum does. */
+#define ROUND_SUMS(T, s)                                                                       \
+    for (int k = 0; k < 4; k++) (s)[k] = (double)(T)(s)[k];
 
 #define STEP_KERNELS(T, SFX, SQRT)                                                             \
     CLONES static void adamp_pass1_##SFX(const T *restrict p, const T *restrict g,             \
@@ -186,75 +209,132 @@ static int decide(const tensor_t *t, row_t *rw, const hyper_t *h, double a, doub
         T *p = (T *)t->p + lo, *g = (T *)t->g + lo, *s1 = (T *)t->s1 + lo;                     \
         int nest = (int)h->nesterov;                                                           \
         if (sgdp) {                                                                            \
-            if (pass == 1)                                                                     \
+            if (pass == 1) {                                                                   \
                 sgdp_pass1_##SFX(p, g, s1, n, (T)h->momentum, (T)(1 - h->dampening), nest,     \
                                  rw[r].sums);                                                  \
-            else                                                                               \
+                ROUND_SUMS(T, rw[r].sums)                                                      \
+            } else                                                                             \
                 sgdp_pass2_##SFX(p, g, s1, n, (T)h->momentum, nest,                            \
                                  h->project_buffer && !nest, (T)rw[r].s, (T)rw[r].factor,      \
                                  (T)h->lr);                                                    \
             return;                                                                            \
         }                                                                                      \
         T *s2 = (T *)t->s2 + lo;                                                               \
-        if (pass == 1)                                                                         \
+        if (pass == 1) {                                                                       \
             adamp_pass1_##SFX(p, g, s1, s2, n, (T)h->beta1, (T)(1 - h->beta1), (T)h->beta2,    \
                               (T)(1 - h->beta2), (T)sbc2, (T)h->eps, nest, rw[r].sums);        \
-        else                                                                                   \
+            ROUND_SUMS(T, rw[r].sums)                                                          \
+        } else                                                                                 \
             adamp_pass2_##SFX(p, g, s1, s2, n, (T)h->beta1, (T)(1 - h->beta1), (T)sbc2,        \
                               (T)h->eps, nest, (T)rw[r].factor, (T)a);                         \
     }
 STEP_KERNELS(float, f32, sqrtf)
 STEP_KERNELS(double, f64, sqrt)
 
+/* Sharing out the work. A tensor of at least SPLIT_NUMEL elements is cut by rows among all
+ * threads: both passes, with one barrier between them (each thread then takes the decision
+ * itself, from all rows' sums, and goes on with its own rows). Smaller tensors are handed out
+ * whole, each to one thread, by their share of the elements, with no barrier: on a busy
+ * machine a barrier waits for the slowest thread to be scheduled, once per tensor. A call with
+ * fewer than GRAIN elements per thread uses fewer threads (one for a small model: a parallel
+ * region costs a wake-up of every thread, and PyTorch's own elementwise kernels stay on one
+ * thread below 32768 elements). Results do not depend on the split: every row is summed by one
+ * thread, in one order, whatever the thread count. */
+#define SPLIT_NUMEL ((int64_t)1 << 17)
+#define GRAIN ((int64_t)1 << 16)
+
+typedef struct {
+    const hyper_t *h;
+    int sgdp;
+    double d1, dr; /* 1 - lr wd r for r = 1 and r = wd_ratio (A7 / S4, D7) */
+} call_t;
+
+static void rows_pass(const call_t *c, const tensor_t *t, row_t *rw, int pass, int64_t lo,
+                      int64_t hi, double sbc2, double a) {
+    for (int64_t r = lo; r < hi; r++) {
+        if (c->h->f64)
+            step_rows_f64(t, rw, c->h, pass, r, c->sgdp, sbc2, a);
+        else
+            step_rows_f32(t, rw, c->h, pass, r, c->sgdp, sbc2, a);
+    }
+}
+
+/* AdamP: sqrt(1 - b2^t) of (A4) and the step size lr / (1 - b1^t) of (A8); SGDP: 0, lr. */
+static void step_sizes(const call_t *c, const tensor_t *t, double *sbc2, double *a) {
+    *sbc2 = c->sgdp ? 0 : sqrt(1 - pow(c->h->beta2, (double)t->t));
+    *a = c->sgdp ? c->h->lr : c->h->lr / (1 - pow(c->h->beta1, (double)t->t));
+}
+
+/* A whole tensor by the calling thread. */
+static int8_t step_whole(const call_t *c, const tensor_t *t, row_t *rw) {
+    double sbc2, a, layer_s;
+    step_sizes(c, t, &sbc2, &a);
+    rows_pass(c, t, rw, 1, 0, t->rows, sbc2, a);
+    int view = decide(t, rw, c->h, &layer_s);
+    set_rows(rw, 0, t->rows, view, layer_s, c->h, a, c->d1, c->dr);
+    rows_pass(c, t, rw, 2, 0, t->rows, sbc2, a);
+    return (int8_t)view;
+}
+
 static int step(const int64_t *table, int64_t nt, const hyper_t *h, int8_t *views, int nthreads,
                 int sgdp) {
     const tensor_t *ts = (const tensor_t *)table;
-    int64_t total_rows = 0;
-    for (int64_t j = 0; j < nt; j++) total_rows += ts[j].numel ? ts[j].rows : 0;
-    row_t *rows = malloc((size_t)(total_rows ? total_rows : 1) * sizeof(row_t));
-    if (!rows) return 1;
-    if (nthreads < 1) nthreads = 1;
-    double lr = h->lr, wd = h->weight_decay;
-    double d1 = 1 - lr * wd, dr = 1 - lr * wd * h->wd_ratio; /* A7 with r = 1, wd_ratio (P5) */
-    if (sgdp) {                                              /* S4, D7: over (1 - momentum) */
-        d1 = 1 - lr * wd / (1 - h->momentum);
-        dr = 1 - lr * wd * h->wd_ratio / (1 - h->momentum);
+    int64_t total_rows = 0, total = 0, small = 0;
+    for (int64_t j = 0; j < nt; j++) {
+        total_rows += ts[j].numel ? ts[j].rows : 0;
+        total += ts[j].numel;
+        small += ts[j].numel < SPLIT_NUMEL ? ts[j].numel : 0;
     }
-#pragma omp parallel num_threads(nthreads)
+    /* per tensor: its first row in the scratch, and for a small one, the elements of the
+     * small tensors before it (which thread takes it) */
+    row_t *rows = malloc((size_t)(total_rows ? total_rows : 1) * sizeof(row_t));
+    int64_t *at = malloc((size_t)(2 * nt + 1) * sizeof(int64_t));
+    if (!rows || !at) {
+        free(rows);
+        free(at);
+        return 1;
+    }
+    int64_t *before = at + nt, r0 = 0, s0 = 0;
+    for (int64_t j = 0; j < nt; j++) {
+        at[j] = r0, before[j] = s0;
+        r0 += ts[j].numel ? ts[j].rows : 0;
+        s0 += ts[j].numel < SPLIT_NUMEL ? ts[j].numel : 0;
+    }
+    int64_t want = total / GRAIN;
+    if (want < nthreads) nthreads = want < 1 ? 1 : (int)want;
+    call_t c = {h, sgdp, 1 - h->lr * h->weight_decay,
+                1 - h->lr * h->weight_decay * h->wd_ratio}; /* A7 with r = 1, wd_ratio (P5) */
+    if (sgdp) {                                             /* S4, D7: over (1 - momentum) */
+        c.d1 = 1 - h->lr * h->weight_decay / (1 - h->momentum);
+        c.dr = 1 - h->lr * h->weight_decay * h->wd_ratio / (1 - h->momentum);
+    }
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         int nth = omp_get_num_threads(), me = omp_get_thread_num();
-        int64_t at = 0;
-        for (int64_t j = 0; j < nt; j++) {
+        for (int64_t j = 0; j < nt; j++) { /* large tensors, by rows */
             const tensor_t *t = &ts[j];
-            if (!t->numel) {
-                views[j] = 0;
-                continue;
-            }
-            row_t *rw = rows + at;
-            at += t->rows;
-            /* AdamP: sqrt(1 - b2^t) of (A4), step size lr / (1 - b1^t) of (A8) */
-            double sbc2 = sgdp ? 0 : sqrt(1 - pow(h->beta2, (double)t->t));
-            double a = sgdp ? lr : lr / (1 - pow(h->beta1, (double)t->t));
+            if (t->numel < SPLIT_NUMEL) continue;
+            row_t *rw = rows + at[j];
+            double sbc2, a, layer_s;
+            step_sizes(&c, t, &sbc2, &a);
             /* Each thread takes the same rows in both passes. */
             int64_t lo = t->rows * me / nth, hi = t->rows * (me + 1) / nth;
-            for (int64_t r = lo; r < hi; r++) {
-                if (h->f64)
-                    step_rows_f64(t, rw, h, 1, r, sgdp, sbc2, a);
-                else
-                    step_rows_f32(t, rw, h, 1, r, sgdp, sbc2, a);
-            }
+            rows_pass(&c, t, rw, 1, lo, hi, sbc2, a);
 #pragma omp barrier
-#pragma omp single
-            views[j] = (int8_t)decide(t, rw, h, a, d1, dr);
-            for (int64_t r = lo; r < hi; r++) {
-                if (h->f64)
-                    step_rows_f64(t, rw, h, 2, r, sgdp, sbc2, a);
-                else
-                    step_rows_f32(t, rw, h, 2, r, sgdp, sbc2, a);
-            }
+            int view = decide(t, rw, h, &layer_s); /* reads every row's sums, writes nothing */
+            if (me == 0) views[j] = (int8_t)view;
+            set_rows(rw, lo, hi, view, layer_s, h, a, c.d1, c.dr);
+            rows_pass(&c, t, rw, 2, lo, hi, sbc2, a);
+        }
+        for (int64_t j = 0; j < nt; j++) { /* small tensors, whole */
+            const tensor_t *t = &ts[j];
+            if (t->numel >= SPLIT_NUMEL) continue;
+            if (small ? before[j] * nth / small != me : me != 0) continue;
+            views[j] = t->numel ? step_whole(&c, t, rows + at[j]) : 0;
         }
     }
     free(rows);
+    free(at);
     return 0;
 }
 
@@ -270,3 +350,10 @@ int adamp_step(const int64_t *table, int64_t nt, const hyper_t *h, int8_t *views
 int sgdp_step(const int64_t *table, int64_t nt, const hyper_t *h, int8_t *views, int nthreads) {
     return step(table, nt, h, views, nthreads, 1);
 }
+
+/* The build's tag (adamp_torch._native passes it with -D): a loaded library that does not
+ * return the tag its loader expects is not this source's build. */
+#ifndef ADAMP_TORCH_ABI
+#define ADAMP_TORCH_ABI 0
+#endif
+int64_t adamp_torch_abi(void) { return ADAMP_TORCH_ABI; }

@@ -6,13 +6,18 @@ product of two tensors). The C step reads each tensor twice: once to update the 
 the row sums with ``u`` formed in registers, once to apply the step with ``u`` formed again.
 On ResNet-50 shapes with 2 threads that is about 0.6x the time of ``AdamW(foreach=True)`` and
 ``SGD(foreach=True)`` (docs/benchmarks.md). Under ``torch.compile`` it is called as the operator
-``adamp_torch::projected_step_``.
+``adamp_torch::projected_step_``. The optimizers reach it as their implementation
+``impl="native"``; ``why_not`` is its eligibility predicate.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into a
 cache folder (``$ADAMP_TORCH_CACHE``, else ``$XDG_CACHE_HOME/adamp_torch``, else
-``~/.cache/adamp_torch``), keyed by a hash of the source and the command, and loaded with
-ctypes. Without a compiler, on a failed build, or with ``ADAMP_TORCH_NATIVE=0``, steps take the
-torch ops; ``status()`` says which and why. Nothing here runs at import.
+``~/.cache/adamp_torch``) and loaded with ctypes. The folder must belong to the user and be
+writable by nobody else; the library is written under a temporary name and renamed, its SHA-256
+is recorded beside it and checked before every load, and the loaded library must report the
+tag it was built with. A library that is missing, truncated, foreign or fails a check is
+rebuilt, never loaded. Without a compiler, on a failed build, in an unsafe folder, or with
+``ADAMP_TORCH_NATIVE`` set to ``0``/``false``/``no``/``off``, the library is not used;
+``status()`` says which and why. Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ import hashlib
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +45,12 @@ from adamp_torch import _kernel
 SOURCE = Path(__file__).with_name("_native.c")
 FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-fopenmp"]
 DTYPES = {torch.float32: 0, torch.float64: 1}
+OFF = ("0", "false", "no", "off")
+ON = ("", "1", "true", "yes", "on")
 
 _lib: ctypes.CDLL | None = None
 _why: str | None = None  # None: not tried yet
+_warned = False
 
 
 def _cache_dir() -> Path:
@@ -50,66 +60,144 @@ def _cache_dir() -> Path:
     return Path(base) / "adamp_torch"
 
 
+def _private(path: Path, what: str) -> None:
+    """Raises unless ``path`` belongs to this user and nobody else may write it: anyone who can
+    write the cache can run code in every process that loads from it."""
+    st = os.stat(path)
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise PermissionError(
+            f"{what} {path} belongs to user id {st.st_uid}, not to this user "
+            f"({os.getuid()}); set ADAMP_TORCH_CACHE to a folder of your own"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(
+            f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"refusing to build or load the C step there: chmod go-w it or set "
+            "ADAMP_TORCH_CACHE to a private folder"
+        )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _verified(lib: Path, record: Path) -> bool:
+    """Whether ``lib`` is there, private, and has the content hash recorded beside it."""
+    try:
+        _private(lib, "library")
+        return record.read_text().strip() == _sha256(lib)
+    except (OSError, ValueError):
+        return False
+
+
+def _compile(cc: list[str], abi: int, folder: Path, lib: Path, record: Path) -> None:
+    """Builds into a temporary file of ``folder`` and renames it into place, hash record first:
+    processes building at once (one per rank) each rename a complete file."""
+    fd, tmp = tempfile.mkstemp(prefix=lib.stem, suffix=".so", dir=folder)
+    os.close(fd)
+    fd, tmp_record = tempfile.mkstemp(prefix=lib.stem, suffix=".sha256", dir=folder)
+    os.close(fd)
+    try:
+        cmd = [*cc, *FLAGS, f"-DADAMP_TORCH_ABI={abi}", str(SOURCE), "-o", tmp, "-lm"]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-500:]}")
+        if os.path.getsize(tmp) == 0:
+            raise RuntimeError(f"{' '.join(cc)} wrote an empty library")
+        os.chmod(tmp, 0o700)
+        Path(tmp_record).write_text(_sha256(Path(tmp)) + "\n")
+        os.replace(tmp_record, record)
+        os.replace(tmp, lib)
+    finally:
+        for path in (tmp, tmp_record):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 def _build() -> ctypes.CDLL:
-    """Compiles ``_native.c`` unless a library from the same source and command is cached."""
+    """Loads the library of this source and command from the cache, built first unless a
+    verified one is there."""
     cc = shlex.split(os.environ.get("CC", "cc"))
-    tag = hashlib.sha256(
+    digest = hashlib.sha256(
         SOURCE.read_bytes() + repr((cc, FLAGS, platform.machine(), sys.platform)).encode()
-    ).hexdigest()[:16]
+    ).hexdigest()
+    tag, abi = digest[:16], int(digest[:15], 16)
     folder = _cache_dir()
-    lib = folder / f"adamp_torch-{tag}.so"
-    if not lib.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        # Built under a temporary name, then renamed: processes building at once (one per
-        # rank) each rename a complete library.
-        fd, tmp = tempfile.mkstemp(prefix=lib.stem, suffix=".so", dir=folder)
-        os.close(fd)
-        try:
-            done = subprocess.run(
-                [*cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(cc)} failed: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, lib)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private(folder, "cache folder")
+    lib, record = folder / f"adamp_torch-{tag}.so", folder / f"adamp_torch-{tag}.sha256"
+    if not _verified(lib, record):
+        _compile(cc, abi, folder, lib, record)
+        if not _verified(lib, record):  # replaced between the rename and here
+            raise RuntimeError(f"{lib} changed while it was being built")
     out = ctypes.CDLL(str(lib))
-    for fn in (out.adamp_step, out.sgdp_step):
+    try:
+        version = out.adamp_torch_abi
+        version.restype, version.argtypes = ctypes.c_int64, []
+        fns = (out.adamp_step, out.sgdp_step)
+    except AttributeError as err:
+        raise RuntimeError(f"{lib} is not a build of {SOURCE.name} ({err})") from None
+    if version() != abi:
+        raise RuntimeError(f"{lib} reports tag {version()}, not {abi}: not this source's build")
+    for fn in fns:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                        ctypes.c_int]  # fmt: skip
     return out
 
 
+def disabled() -> bool:
+    """Whether ``ADAMP_TORCH_NATIVE`` turns the C step off (read at every call)."""
+    value = os.environ.get("ADAMP_TORCH_NATIVE", "").strip().lower()
+    if value not in OFF + ON:
+        raise ValueError(
+            f"ADAMP_TORCH_NATIVE must be one of {', '.join(OFF + ON[1:])} (got {value!r})"
+        )
+    return value in OFF
+
+
 def library() -> ctypes.CDLL | None:
-    """The loaded library, built on the first call; None where it cannot be had."""
+    """The loaded library, built on the first call; None where it cannot be had or is
+    disabled."""
     global _lib, _why
+    if disabled():
+        return None
     if _why is None:
-        if os.environ.get("ADAMP_TORCH_NATIVE", "1") == "0":
-            _why = "disabled by ADAMP_TORCH_NATIVE=0"
-        else:
-            try:
-                _lib = _build()
-                _why = f"in use ({_lib._name})"
-            except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as err:
-                _why = f"torch ops in use: the C step could not be built ({err})"
+        try:
+            _lib = _build()
+            _why = f"in use ({_lib._name})"
+        except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as err:
+            _why = f"the C step could not be built ({err})"
     return _lib
 
 
 def status() -> str:
     """Whether the C step is in use, and why not where it is not (builds it)."""
+    if disabled():
+        return f"disabled by ADAMP_TORCH_NATIVE={os.environ['ADAMP_TORCH_NATIVE']}"
     library()
     return _why or ""
 
 
+def warn_unavailable(stacklevel: int = 3) -> None:
+    """One warning per process that automatic choice fell back to torch ops because the
+    library could not be had (not when it is disabled on purpose)."""
+    global _warned
+    if _warned or disabled() or library() is not None:
+        return
+    _warned = True
+    warnings.warn(
+        f"adamp_torch: {status()}; CPU steps take the torch ops (impl='foreach'), slower. "
+        "Set ADAMP_TORCH_NATIVE=0 to choose them without this warning.",
+        RuntimeWarning,
+        stacklevel=stacklevel,
+    )
+
+
 def reset() -> None:
     """Forgets the library, so that the next step looks again (for tests)."""
-    global _lib, _why
-    _lib, _why = None, None
+    global _lib, _why, _warned
+    _lib, _why, _warned = None, None, False
 
 
 # ----------------------------------------------------------------------------- whole steps
@@ -134,32 +222,64 @@ def _dense(x: Tensor) -> bool:
     return fmt is not None and x.is_contiguous(memory_format=fmt)
 
 
-def step_applies(
-    channel_axis: Any, ps: Sequence[Tensor], gs: Sequence[Tensor], kept: Sequence[Sequence[Tensor]]
-) -> list[bool] | None:
-    """Whether the C step can take a param group (``kept``: lists of state tensors), and then
-    which of its tensors are tested (D4); None where it cannot. It needs the library built
-    (under ``torch.compile``: by an earlier ``library()`` call), plain (not DTensor) CPU tensors,
-    params and grads of one dtype, state in its compute dtype (D9), each param tested along dim
-    0 or untested, and each param's grad and state laid out as the param, contiguous or
-    channels_last."""
-    first = ps[0]
-    if first.device.type != "cpu" or not first.is_floating_point():
-        return None
+def _plain(x: Tensor) -> bool:
+    """A dense CPU tensor whose memory C reads as it is (no DTensor, no negative bit; real
+    tensors carry no conjugate bit). Dynamo cannot trace ``is_neg``: under torch.compile the
+    graph's inputs are materialised tensors."""
+    return (
+        x.device.type == "cpu"
+        and x.layout == torch.strided
+        and not _kernel.is_dtensor(x)
+        and (torch.compiler.is_compiling() or not x.is_neg())
+    )
+
+
+def why_not(
+    channel_axis: Any,
+    ps: Sequence[Tensor],
+    gs: Sequence[Tensor],
+    kept: Sequence[Sequence[Tensor | None]],
+) -> str | None:
+    """The eligibility predicate of ``impl="native"``: None where the C step can take a param
+    group (``kept``: per state key, the state tensor of each param, None where it is not
+    created yet: it will be laid out as the param), else why not.
+
+    It needs the library (under ``torch.compile``: loaded by an earlier ``library()`` call)
+    and, for every param, its grad and its state tensors: plain CPU tensors (not DTensor, not
+    meta), params and grads of one float32 or float64 dtype or 16-bit (stepped in float32
+    copies), state in the compute dtype (D9), each param tested along dim 0 or untested (D4),
+    and grad and state laid out as the param, contiguous or channels_last."""
+    if disabled():
+        return f"disabled by ADAMP_TORCH_NATIVE={os.environ['ADAMP_TORCH_NATIVE']}"
     if (_lib if torch.compiler.is_compiling() else library()) is None:
-        return None
-    state_dtype = _kernel.compute_dtype(first.dtype)
-    tested = []
+        return status() if not torch.compiler.is_compiling() else "the C step is not loaded"
+    dtype = ps[0].dtype
+    state_dtype = _kernel.compute_dtype(dtype)
     for i, p in enumerate(ps):
-        axis = check_channel_axis(channel_axis, tuple(p.shape)) if p.numel() else None
-        if axis not in (0, None) or _kernel.is_dtensor(p) or not _dense(p):
-            return None
-        if gs[i].dtype != first.dtype or p.dtype != first.dtype or gs[i].stride() != p.stride():
-            return None
-        if any(k[i].dtype != state_dtype or k[i].stride() != p.stride() for k in kept):
-            return None
-        tested.append(axis is not None)
-    return tested
+        if not (_plain(p) and _plain(gs[i])):
+            where = p if not _plain(p) else gs[i]
+            kind = "DTensor" if _kernel.is_dtensor(where) else f"{where.device} {where.layout}"
+            return f"parameter {i} or its grad is a {kind} tensor (it takes plain CPU tensors)"
+        if p.dtype != dtype or gs[i].dtype != dtype:
+            return f"parameter {i} or its grad is not {dtype} (one dtype per group)"
+        if p.numel() and check_channel_axis(channel_axis, tuple(p.shape)) not in (0, None):
+            return f"parameter {i} is tested along channel_axis={channel_axis}, not 0"
+        if not _dense(p) or gs[i].stride() != p.stride():
+            return f"parameter {i} or its grad is neither contiguous nor channels_last alike"
+        for k in kept:
+            s = k[i]
+            if s is not None and (
+                not _plain(s) or s.dtype != state_dtype or s.stride() != p.stride()
+            ):
+                return f"a state tensor of parameter {i} is not a {state_dtype} CPU tensor like it"
+    return None
+
+
+def tested(channel_axis: Any, ps: Sequence[Tensor]) -> list[bool]:
+    """Which params of a group ``why_not`` accepts are tested (D4)."""
+    return [
+        bool(p.numel()) and check_channel_axis(channel_axis, tuple(p.shape)) is not None for p in ps
+    ]
 
 
 def _step_impl(
@@ -217,7 +337,7 @@ def _call(group, tested, ps, gs, s1, s2, steps, hyper, sgdp) -> Tensor:
 
 
 def adamp_step(group, tested, ps, gs, ms, vs, steps) -> Tensor:
-    """One AdamP step (A2-A8) of a param group where ``step_applies``, ``steps`` already
+    """One AdamP step (A2-A8) of a param group ``why_not`` accepts, ``steps`` already
     counted (A1); returns the view codes (T,)."""
     b1, b2 = group["betas"]
     hyper = (b1, b2, group["eps"], group["weight_decay"], group["delta"], group["wd_ratio"],
@@ -226,7 +346,7 @@ def adamp_step(group, tested, ps, gs, ms, vs, steps) -> Tensor:
 
 
 def sgdp_step(group, tested, ps, gs, bufs) -> Tensor:
-    """One SGDP step (S1-S6) of a param group where ``step_applies``; returns the views."""
+    """One SGDP step (S1-S6) of a param group ``why_not`` accepts; returns the views."""
     hyper = (
         0.0,
         0.0,

@@ -41,6 +41,10 @@ class AdamP(ProjectionOptimizer):
       nesterov: Nesterov numerator (A5).
       channel_axis: output-channel axis of the weights' layout (D3); 0 for PyTorch's
         ``Linear`` and ``Conv``; settable per param group.
+      impl: which implementation steps a param group (settable per group): ``"native"``, the
+        C step (CPU tensors, contiguous or channels_last, channel axis 0), ``"foreach"``, torch
+        ops (every device and layout), or None (default) for the first of these that can take
+        the group; docs/torch.md has the table. A named one that cannot take a group raises.
 
     Examples:
       >>> import torch
@@ -70,6 +74,7 @@ class AdamP(ProjectionOptimizer):
         nesterov: bool = False,
         *,
         channel_axis: int = 0,
+        impl: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -80,6 +85,7 @@ class AdamP(ProjectionOptimizer):
             wd_ratio=wd_ratio,
             nesterov=nesterov,
             channel_axis=channel_axis,
+            impl=impl,
         )
         super().__init__(params, defaults)
 

@@ -43,6 +43,10 @@ class SGDP(ProjectionOptimizer):
       project_buffer: store the projected direction as the buffer, as the official package
         does in place when nesterov is off (D6). Default False follows the paper.
       channel_axis: output-channel axis of the weights' layout (D3); 0 for PyTorch.
+      impl: which implementation steps a param group (settable per group): ``"native"``, the
+        C step (CPU tensors, contiguous or channels_last, channel axis 0), ``"foreach"``, torch
+        ops (every device and layout), or None (default) for the first of these that can take
+        the group; docs/torch.md has the table. A named one that cannot take a group raises.
 
     Examples:
       >>> import torch
@@ -84,6 +88,7 @@ class SGDP(ProjectionOptimizer):
         *,
         project_buffer: bool = False,
         channel_axis: int = 0,
+        impl: str | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -96,6 +101,7 @@ class SGDP(ProjectionOptimizer):
             wd_ratio=wd_ratio,
             project_buffer=project_buffer,
             channel_axis=channel_axis,
+            impl=impl,
         )
         super().__init__(params, defaults)
 

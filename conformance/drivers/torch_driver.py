@@ -1,9 +1,9 @@
-"""This project's PyTorch adapter, ``adamp_torch.AdamP`` / ``SGDP``: as it runs (on a CPU, its C
-step where it is built), and with the C step off (the torch ops that CUDA devices take)."""
+"""This project's PyTorch adapter, ``adamp_torch.AdamP`` / ``SGDP``, once per implementation: as
+it runs (``impl=None``: on a CPU, its native C step where it is built and can take a group), and
+with ``impl="foreach"`` (the torch ops that CUDA devices take)."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ._torch_common import TorchDriverBase
@@ -24,25 +24,23 @@ class TorchDriver(TorchDriverBase):
 
         return {"adamp": adamp_torch.AdamP, "sgdp": adamp_torch.SGDP}[optimizer]
 
+    impl: str | None = None  # the optimizers' impl= argument
+
     def translate(self, optimizer: str, hp: dict[str, Any], channel_axis: int) -> dict[str, Any]:
-        return {**hp, "channel_axis": channel_axis}
+        return {**hp, "channel_axis": channel_axis, "impl": self.impl}
 
     def setup(self, device: str) -> None:
         from adamp_torch import _native
 
         super().setup(device)
-        if device == "cpu":  # which of the two implementations a CPU run checks
-            path = "C step" if _native.library() is not None else f"torch ops: {_native.status()}"
-            self.name = f"adamp_torch ({path})"
+        if device == "cpu" and self.impl is None:  # which implementation a CPU run checks
+            path = "native" if _native.library() is not None else f"foreach: {_native.status()}"
+            self.name = f"adamp_torch (impl=None: {path})"
 
 
 class TorchOpsDriver(TorchDriver):
-    """``adamp_torch`` with its C step turned off (``ADAMP_TORCH_NATIVE=0``): on a CPU, the
-    torch-ops path that CUDA devices and machines without a C compiler take."""
+    """``adamp_torch`` with ``impl="foreach"``: on a CPU, the torch ops that CUDA devices,
+    DTensor parameters and machines without a C compiler take."""
 
-    def setup(self, device: str) -> None:
-        from adamp_torch import _native
-
-        os.environ["ADAMP_TORCH_NATIVE"] = "0"
-        _native.reset()
-        super().setup(device)
+    name = "adamp_torch (impl='foreach')"
+    impl = "foreach"

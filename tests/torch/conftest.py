@@ -1,23 +1,18 @@
-"""The two implementations of a CPU step, as a fixture for the tests that run both."""
+"""The implementations of adamp_torch's step, as a fixture for the tests that run each."""
 
 from __future__ import annotations
 
 import pytest
+from adamp_torch import _native
+from adamp_torch._base import IMPLS
 
 
-@pytest.fixture(params=["c", "torch"])
-def step_path(request, monkeypatch):
-    """Steps CPU tensors with the C step (``adamp_torch._native``, where it could be built;
-    test_native.py fails where it should have been) or with the torch ops only. Returns the
-    path's name and a list that receives the number of tensors of each eager C call."""
-    from adamp_torch import _native
-
-    calls: list[int] = []
-    if request.param == "torch":
-        monkeypatch.setattr(_native, "_lib", None)
-    else:
-        if _native.library() is None:
-            pytest.skip(_native.status())
-        impl = _native._step_impl
-        monkeypatch.setattr(_native, "_step_impl", lambda *a: calls.append(len(a[0])) or impl(*a))
-    return request.param, calls
+@pytest.fixture(params=IMPLS)
+def step_path(request) -> str:
+    """The name of one implementation (``"native"``, the C step; ``"foreach"``, torch ops), to
+    pass as ``impl=step_path`` to every AdamP / SGDP of the test: a named implementation that
+    cannot take a group raises, so a test that passes has run on it. Skips "native" where the
+    C library cannot be had (test_native.py fails where it should have been built)."""
+    if request.param == "native" and _native.library() is None:
+        pytest.skip(_native.status())
+    return request.param
