@@ -29,7 +29,7 @@ import adamp_core
 from adamp_core.projection import Decision, rows, unrows
 from adamp_core.testing import branch_gradient
 
-from .drivers import Driver, Output, Problem, ProblemGroup, numpy_dtype
+from .drivers import Driver, Output, Problem, ProblemGroup, SparseRows, numpy_dtype
 from .strategies import THRESHOLD_FRACTIONS, Case, ParamSpec
 from .tolerances import tolerance
 
@@ -150,6 +150,7 @@ def prepare(case: Case) -> Prepared:
     ref_p = [p.astype(np.float64) for p in params]
     ref_s = [init(p) for p in ref_p]
     grads, reference = [], []
+    sparse: list[list[SparseRows | None]] = [[None] * len(specs) for _ in range(case.steps)]
     for k in range(case.steps):
         gk, rk = [], []
         for i, spec in enumerate(specs):
@@ -160,6 +161,8 @@ def prepare(case: Case) -> Prepared:
             # exact 0 it stands for.
             g = np.where(np.abs(g) < 1e-10, 0.0, g)
             g = np.asarray(g * spec.grad_scale).astype(dt)
+            if spec.sparse_rows:
+                g, sparse[k][i] = _sparse_rows(g, rng)
             gk.append(g)
             ref_p[i], ref_s[i] = _reference_step(
                 case.optimizer, ref_p[i], g.astype(np.float64), ref_s[i], hps[i], axes[i]
@@ -167,8 +170,31 @@ def prepare(case: Case) -> Prepared:
             rk.append((ref_p[i], _normalise(case.optimizer, ref_s[i])))
         grads.append(gk)
         reference.append(rk)
-    problem = Problem(case.optimizer, case.dtype, params, grads, groups, layouts)
+    has_sparse = any(s is not None for row in sparse for s in row)
+    problem = Problem(
+        case.optimizer, case.dtype, params, grads, groups, layouts, sparse if has_sparse else []
+    )
     return Prepared(problem, hps, axes, reference)
+
+
+def _sparse_rows(g: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, SparseRows]:
+    """Keeps some rows of ``g`` (axis 0) and gives them as ``SparseRows``: each kept row once,
+    or as two halves under a repeated index, in a shuffled order, as an Embedding's gradient
+    for a batch with repeated ids. A row is split only where its halves add up to it exactly
+    in its dtype (not so for some subnormal float16 values), so the dense sum is ``g``'s rows.
+    """
+    n = g.shape[0]
+    kept = np.flatnonzero(rng.random(n) < 0.5)
+    dense = np.zeros_like(g)
+    dense[kept] = g[kept]
+    half = (dense / 2).astype(g.dtype)
+    exact = np.all((half + half == dense).reshape(n, -1), axis=1)
+    twice = kept[(rng.random(kept.size) < 0.5) & exact[kept]]
+    indices = np.concatenate([kept, twice]).astype(np.int64)
+    values = np.concatenate([dense[kept], half[twice]])
+    values[np.flatnonzero(np.isin(kept, twice))] = half[kept[np.isin(kept, twice)]]
+    order = rng.permutation(indices.size)
+    return dense, SparseRows(indices[order], values[order], g.shape)
 
 
 # ---------------------------------------------------------------------------------------------

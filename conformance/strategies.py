@@ -20,6 +20,7 @@ Bounds, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,9 @@ class ParamSpec:
 
     ``layout`` is ``"contiguous"`` or ``"strided"`` (a non-contiguous tensor: channels_last for
     4-D, reversed strides otherwise; drivers without strided tensors skip such cases).
-    ``zero_row`` zeroes the first channel row of the initial value (D4).
+    ``zero_row`` zeroes the first channel row of the initial value (D4). ``sparse_rows``: the
+    gradient has only some rows (along axis 0), given also as ``SparseRows`` with repeated
+    indices (``harness.prepare``).
     """
 
     shape: tuple[int, ...]
@@ -59,6 +62,7 @@ class ParamSpec:
     grad_scale: float = 1.0
     zero_row: bool = False
     layout: str = "contiguous"
+    sparse_rows: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Scenario:
     zero_size: bool = False  # at least one parameter has a zero-size dimension
     strided: bool = False  # at least one parameter is non-contiguous
     project_buffer: bool = False  # SGDP only (D6)
+    sparse: bool = False  # one parameter's gradient has only some rows (drivers with "rows")
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -103,6 +108,8 @@ SCENARIOS: dict[str, Scenario] = {
     "sgdp-projected-buffer": Scenario("sgdp", project_buffer=True),
     "sgdp-zero-size": Scenario("sgdp", zero_size=True),
     "sgdp-strided": Scenario("sgdp", strided=True),
+    "adamp-sparse-rows": Scenario("adamp", sparse=True),
+    "sgdp-sparse-rows": Scenario("sgdp", sparse=True),
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +283,11 @@ def cases(
     steps = draw(st.integers(1, max_steps))
     f32 = dtype != "float64"
     n_groups = draw(st.integers(1, 2))
-    special = draw(st.integers(0, n_groups - 1)) if (scenario.zero_size or scenario.strided) else -1
+    special = (
+        draw(st.integers(0, n_groups - 1))
+        if (scenario.zero_size or scenario.strided or scenario.sparse)
+        else -1
+    )
     groups = []
     for gi in range(n_groups):
         if scenario.optimizer == "adamp":
@@ -299,8 +310,11 @@ def cases(
                     zero_size=scenario.zero_size,
                     strided=scenario.strided,
                     delta_zero=dz,
+                    eligible=scenario.sparse,
                 )
             )
+            if scenario.sparse:
+                specs[0] = dataclasses.replace(specs[0], sparse_rows=True)
         groups.append(Group(hp, axis, tuple(specs)))
     seed = draw(st.integers(0, 2**32 - 1))
     return Case(scenario.optimizer, dtype, steps, seed, tuple(groups))

@@ -129,3 +129,26 @@ def test_invalid_hyperparameters_are_invalid_for_the_reference(data, optimizer, 
     label = {"beta1": "betas[0]", "beta2": "betas[1]"}.get(blamed, blamed)
     with pytest.raises(ValueError, match=label.replace("[", r"\[").replace("]", r"\]")):
         adamp_core.validate_hyperparameters(**hp)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@given(data=st.data())
+def test_sparse_rows_add_up_to_the_dense_gradient(data, dtype):
+    # What a sparse driver feeds (repeated indices summed, as IndexedSlices / BCOO do) is
+    # exactly the dense gradient the reference steps with.
+    optimizer = data.draw(st.sampled_from(["adamp", "sgdp"]))
+    case = data.draw(cases(SCENARIOS[f"{optimizer}-sparse-rows"], dtype))
+    problem = prepare(case).problem
+    specs = [spec for _, spec in case.params]
+    assert sum(s.sparse_rows for s in specs) == 1
+    for k, row in enumerate(problem.sparse):
+        for i, s in enumerate(row):
+            if not specs[i].sparse_rows:
+                assert s is None
+                continue
+            total = np.zeros_like(problem.grads[k][i])
+            np.add.at(total, s.indices, s.values)
+            assert np.array_equal(total, problem.grads[k][i])
+            assert s.values.dtype == problem.grads[k][i].dtype
+            nonzero = np.flatnonzero(np.abs(problem.grads[k][i]).reshape(s.shape[0], -1).sum(1))
+            assert set(nonzero) <= set(s.indices.tolist())

@@ -26,6 +26,21 @@ class ProblemGroup:
 
 
 @dataclass
+class SparseRows:
+    """A gradient given as rows: ``dense[indices[j]] += values[j]`` along axis 0.
+
+    Indices repeat (their values are summed, as ``tf.IndexedSlices`` and ``BCOO`` do); rows that
+    no index names have a zero gradient. ``values`` has the gradient's dtype and the shape
+    ``(len(indices), *shape[1:])``; the sum equals ``Problem.grads[k][i]`` exactly (a repeated
+    row is split into halves).
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    shape: tuple[int, ...]
+
+
+@dataclass
 class Problem:
     """What a driver runs.
 
@@ -37,6 +52,9 @@ class Problem:
       grads: ``grads[k][i]``: gradient of parameter i at step k, same dtype and shape.
       groups: param groups; every parameter is in exactly one.
       layouts: per parameter, ``"contiguous"`` or ``"strided"`` (see ``Driver.strided``).
+      sparse: empty, or ``sparse[k][i]``: the same gradient as ``SparseRows`` (None where it is
+        dense). A driver whose ``sparse_gradients`` is ``"rows"`` feeds it in its framework's
+        sparse form; any other driver uses ``grads``.
     """
 
     optimizer: str
@@ -45,6 +63,7 @@ class Problem:
     grads: list[list[np.ndarray]]
     groups: list[ProblemGroup]
     layouts: list[str] = field(default_factory=list)
+    sparse: list[list[SparseRows | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,11 +76,17 @@ class Output:
         SGDP ``{"momentum_buffer": array}``.
       grad: the gradient as the framework holds it after the step (a copy), or None where the
         framework keeps no gradient object (the suite then checks the NumPy input only).
+      dtype: the dtype name of the parameter as the framework holds it after the step
+        (``"bfloat16"``, ...), or None if not reported (``test_dtype_contract`` then skips).
+      update_dtype: for a framework that returns updates instead of writing the parameter
+        (optax), the dtype name of the update; None otherwise.
     """
 
     param: np.ndarray
     state: dict[str, Any]
     grad: np.ndarray | None = None
+    dtype: str | None = None
+    update_dtype: str | None = None
 
 
 class Driver:
@@ -77,6 +102,12 @@ class Driver:
         ``{"eps": "epsilon", "beta1": "beta_1"}``.
       ci_max_examples: optional cap on examples per test under the ci profile, for frameworks
         whose every new shape costs a compilation.
+      sparse_gradients: None if the framework has no sparse gradient type its layers produce;
+        ``"rows"`` if the implementation takes one (``run`` feeds ``Problem.sparse`` in it);
+        ``"rejected"`` if the framework has one and the implementation refuses it
+        (``run_rejected`` gets such a gradient).
+      complex_dtypes: the complex dtypes ``run_rejected`` can build parameters of (the
+        implementation must refuse them or step them as AdamP on (re, im) pairs).
     """
 
     name = "driver"
@@ -86,6 +117,8 @@ class Driver:
     strided = False
     names: dict[str, str] = {}  # noqa: RUF012 (read-only by convention)
     ci_max_examples: int | None = None
+    sparse_gradients: str | None = None
+    complex_dtypes: tuple[str, ...] = ()
     device = "cpu"
 
     def setup(self, device: str) -> None:
@@ -106,6 +139,17 @@ class Driver:
         """Builds the optimizer with ``hyperparams`` and runs one step on a small parameter.
 
         Must raise ValueError naming the argument for an invalid value.
+        """
+        raise NotImplementedError
+
+    def run_rejected(self, problem: Problem) -> tuple[BaseException | None, list[Output]]:
+        """Runs the first step of ``problem``, whose input the implementation may refuse (complex
+        parameters; with ``sparse_gradients == "rejected"``, the gradients of
+        ``problem.sparse`` in the framework's sparse form).
+
+        Returns ``(error, outputs)``: what the implementation raised (None if it took the step)
+        and, either way, ``outputs[i]``: the parameter (complex values stay complex) and its
+        state as they are after the attempt (``{}`` where no state exists).
         """
         raise NotImplementedError
 

@@ -23,6 +23,8 @@ class TorchDriverBase(Driver):
 
     default_channel_axis = 0
     strided = True
+    sparse_gradients = "rejected"  # sparse COO gradients (nn.Embedding(sparse=True))
+    complex_dtypes = ("complex64", "complex128")
 
     def optimizer_class(self, optimizer: str):
         raise NotImplementedError
@@ -56,6 +58,8 @@ class TorchDriverBase(Driver):
     def tensor(self, x: np.ndarray, layout: str = "contiguous"):
         torch = _torch()
         dtype = getattr(torch, x.dtype.name)
+        if x.dtype.kind == "c":
+            return torch.from_numpy(np.array(x, order="C")).to(self.torch_device)
         src = torch.from_numpy(np.array(x, dtype=np.float64, order="C"))  # 0-D stays 0-D
         if layout == "strided" and x.ndim >= 2:
             if x.ndim == 4:
@@ -71,8 +75,20 @@ class TorchDriverBase(Driver):
 
     @staticmethod
     def array(t, dtype: str | None = None) -> np.ndarray:
-        a = t.detach().cpu().to(_torch().float64).numpy().copy()
+        torch = _torch()
+        if t.is_complex():
+            return t.detach().cpu().to(torch.complex128).numpy().copy()
+        a = t.detach().cpu().to(torch.float64).numpy().copy()
         return a.astype(numpy_dtype(dtype)) if dtype else a
+
+    def sparse_tensor(self, s) -> Any:
+        """``SparseRows`` as an uncoalesced COO tensor (repeated indices, as an Embedding's)."""
+        torch = _torch()
+        return torch.sparse_coo_tensor(
+            torch.from_numpy(np.asarray(s.indices, np.int64))[None, :],
+            self.tensor(s.values),
+            s.shape,
+        )
 
     # -- running ------------------------------------------------------------------------------
 
@@ -88,6 +104,15 @@ class TorchDriverBase(Driver):
         buf = state["momentum"] if "momentum" in state else state["momentum_buffer"]
         return {"momentum_buffer": self.array(buf)}
 
+    def _groups(self, problem: Problem, params: list) -> list[dict[str, Any]]:
+        return [
+            {
+                "params": [params[i] for i in g.indices],
+                **self.translate(problem.optimizer, g.hyperparams, g.channel_axis),
+            }
+            for g in problem.groups
+        ]
+
     def run(self, problem: Problem) -> list[list[Output]]:
         torch = _torch()
         layouts = problem.layouts or ["contiguous"] * len(problem.params)
@@ -95,13 +120,7 @@ class TorchDriverBase(Driver):
             torch.nn.Parameter(self.tensor(p, layout))
             for p, layout in zip(problem.params, layouts, strict=True)
         ]
-        groups = [
-            {
-                "params": [params[i] for i in g.indices],
-                **self.translate(problem.optimizer, g.hyperparams, g.channel_axis),
-            }
-            for g in problem.groups
-        ]
+        groups = self._groups(problem, params)
         cls = self.optimizer_class(problem.optimizer)
         opt = cls(groups, lr=groups[0]["lr"])  # SGDP has no default lr
         owner = {i: opt.param_groups[gi] for gi, g in enumerate(problem.groups) for i in g.indices}
@@ -116,11 +135,36 @@ class TorchDriverBase(Driver):
                         self.array(p),
                         self.read_state(problem.optimizer, opt, owner[i], p),
                         self.array(p.grad),
+                        dtype=str(p.dtype).removeprefix("torch."),
                     )
                     for i, p in enumerate(params)
                 ]
             )
         return out
+
+    def run_rejected(self, problem: Problem):
+        torch = _torch()
+        params = [torch.nn.Parameter(self.tensor(p)) for p in problem.params]
+        error, opt = None, None
+        try:  # complex parameters may be refused at construction, sparse gradients at step()
+            groups = self._groups(problem, params)
+            opt = self.optimizer_class(problem.optimizer)(groups, lr=groups[0]["lr"])
+            for i, p in enumerate(params):
+                s = problem.sparse[0][i] if problem.sparse else None
+                p.grad = self.tensor(problem.grads[0][i]) if s is None else self.sparse_tensor(s)
+            opt.step()
+        except Exception as e:
+            error = e
+        outputs = []
+        for p in params:
+            state = opt.state.get(p, {}) if opt is not None else {}
+            outputs.append(
+                Output(
+                    self.array(p),
+                    {k: self.array(v) if torch.is_tensor(v) else v for k, v in state.items()},
+                )
+            )
+        return error, outputs
 
     def construct(self, optimizer: str, hyperparams: dict[str, Any]) -> None:
         torch = _torch()

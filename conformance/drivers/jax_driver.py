@@ -41,6 +41,7 @@ class JaxDriver(Driver):
     channel_axes = None
     names = {"lr": "learning_rate", "beta1": "b1", "beta2": "b2"}  # noqa: RUF012
     ci_max_examples = 6  # about 0.6 s per example on 2 cores: one XLA compilation each
+    complex_dtypes = ("complex64", "complex128")
 
     def __init__(self) -> None:
         import jax
@@ -77,24 +78,35 @@ class JaxDriver(Driver):
             return adamp_jax.adamp(lr, b1, b2, channel_axis=channel_axis, **hp)
         return adamp_jax.sgdp(lr, channel_axis=channel_axis, **hp)
 
-    def run(self, problem: Problem) -> list[list[Output]]:
+    def _put(self, x: np.ndarray):
         import jax
         import jax.numpy as jnp
+
+        return jax.device_put(jnp.asarray(x), self.jax_device)
+
+    def _build(self, problem: Problem):
+        """Parameters as a dict ``{"p0": ..., ...}`` and the optax transformation over them."""
         import optax
 
         keys = [f"p{i}" for i in range(len(problem.params))]
-
-        def put(x: np.ndarray):
-            return jax.device_put(jnp.asarray(x), self.jax_device)
-
-        params = {k: put(p) for k, p in zip(keys, problem.params, strict=True)}
+        params = {k: self._put(p) for k, p in zip(keys, problem.params, strict=True)}
         labels, transforms = {}, {}
         for gi, g in enumerate(problem.groups):
             transforms[f"g{gi}"] = self._make(problem.optimizer, g.hyperparams, g.channel_axis)
             for i in g.indices:
                 labels[keys[i]] = f"g{gi}"
-        opt = optax.multi_transform(transforms, labels)
+        return keys, params, optax.multi_transform(transforms, labels)
+
+    def run(self, problem: Problem) -> list[list[Output]]:
+        import jax
+        import optax
+
+        put = self._put
+        keys, params, opt = self._build(problem)
         state = opt.init(params)
+        first = {k: put(x) for k, x in zip(keys, problem.grads[0], strict=True)}
+        # The dtypes of what update returns, as a training step would see them.
+        update_dtypes = jax.eval_shape(lambda g, s, p: opt.update(g, s, p)[0], first, state, params)
 
         @jax.jit  # as a training step runs it: one compilation for all steps of the case
         def step(g, state, params):
@@ -112,11 +124,25 @@ class JaxDriver(Driver):
                         np.asarray(params[k]),
                         self._state_of(problem.optimizer, found, k),
                         np.asarray(g[k]),
+                        dtype=params[k].dtype.name,
+                        update_dtype=update_dtypes[k].dtype.name,
                     )
                     for k in keys
                 ]
             )
         return out
+
+    def run_rejected(self, problem: Problem):
+        import optax
+
+        keys, params, opt = self._build(problem)
+        g = {k: self._put(x) for k, x in zip(keys, problem.grads[0], strict=True)}
+        try:
+            updates, _ = opt.update(g, opt.init(params), params)
+            new = optax.apply_updates(params, updates)
+        except Exception as e:  # functional: nothing can have been written
+            return e, [Output(np.asarray(params[k]), {}) for k in keys]
+        return None, [Output(np.asarray(new[k]), {}) for k in keys]
 
     @staticmethod
     def _state_of(optimizer: str, found: list, key: str) -> dict[str, Any]:

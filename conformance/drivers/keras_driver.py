@@ -30,6 +30,7 @@ class _KerasDriver(Driver):
     keras_backend = "?"
     default_channel_axis = -1
     channel_axes = None
+    complex_dtypes = ("complex64", "complex128")
     names = {  # noqa: RUF012
         "lr": "learning_rate",
         "beta1": "beta_1",
@@ -147,11 +148,8 @@ class _KerasDriver(Driver):
         ]
         owner = {i: opt for opt, indices in opts for i in indices}
         out = []
-        for grads in problem.grads:
-            tensors = [
-                keras.ops.cast(keras.ops.convert_to_tensor(self._cast_in(g)), problem.dtype)
-                for g in grads
-            ]
+        for k, grads in enumerate(problem.grads):
+            tensors = [self._gradient(problem, k, i, g) for i, g in enumerate(grads)]
             for opt, indices in opts:
                 opt.apply_gradients([(tensors[i], variables[i]) for i in indices])
             out.append(
@@ -159,12 +157,67 @@ class _KerasDriver(Driver):
                     Output(
                         self._array(v),
                         self._state(problem.optimizer, owner[i], v),
-                        self._array(tensors[i]),
+                        self._array(tensors[i]) if self._is_dense(tensors[i]) else None,
+                        dtype=keras.backend.standardize_dtype(v.dtype),
                     )
                     for i, v in enumerate(variables)
                 ]
             )
         return out
+
+    def _gradient(self, problem: Problem, k: int, i: int, g: np.ndarray):
+        """The gradient as the framework's layers give it: the sparse form where it has one."""
+        import keras
+
+        s = problem.sparse[k][i] if problem.sparse else None
+        if s is None or self.sparse_gradients != "rows":
+            return keras.ops.cast(keras.ops.convert_to_tensor(self._cast_in(g)), problem.dtype)
+        values = keras.ops.cast(keras.ops.convert_to_tensor(self._cast_in(s.values)), problem.dtype)
+        indices = np.asarray(s.indices, np.int64)
+        if self.keras_backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.IndexedSlices(values, tf.constant(indices), tf.constant(s.shape, tf.int64))
+        import jax.experimental.sparse as jax_sparse  # BCOO, as Keras' JAX sparse layers make
+
+        return jax_sparse.BCOO((values, indices[:, None]), shape=tuple(s.shape))
+
+    @staticmethod
+    def _is_dense(x) -> bool:
+        return type(x).__name__ not in ("IndexedSlices", "BCOO")
+
+    def run_rejected(self, problem: Problem):
+        import keras
+
+        variables = [
+            keras.Variable(p, dtype=problem.dtype, name=f"p{i}")
+            for i, p in enumerate(problem.params)
+        ]
+        opts = []
+        error = None
+        try:  # complex variables may be refused when the optimizer is built
+            for g in problem.groups:
+                opt = self._make(problem.optimizer, g.hyperparams, g.channel_axis)
+                opts.append((opt, g.indices))
+                grads = [
+                    keras.ops.convert_to_tensor(problem.grads[0][i], dtype=problem.dtype)
+                    for i in g.indices
+                ]
+                opt.apply_gradients([(grads[j], variables[i]) for j, i in enumerate(g.indices)])
+        except Exception as e:
+            error = e
+        owner = {i: opt for opt, indices in opts for i in indices}
+        outputs = []
+        for i, v in enumerate(variables):
+            state = {}
+            if i in owner and owner[i].built:
+                j = owner[i]._get_variable_index(v)
+                for key, names in _STATE_LISTS.items():
+                    lst = next((getattr(owner[i], a) for a in names if hasattr(owner[i], a)), None)
+                    if lst:
+                        state[key] = keras.ops.convert_to_numpy(lst[j])
+            outputs.append(Output(keras.ops.convert_to_numpy(v), state))
+        return error, outputs
 
     @staticmethod
     def _cast_in(x: np.ndarray) -> np.ndarray:
@@ -182,10 +235,12 @@ class _KerasDriver(Driver):
 
 class KerasTensorflowDriver(_KerasDriver):
     keras_backend = "tensorflow"
+    sparse_gradients = "rows"  # tf.IndexedSlices (Embedding)
 
 
 class KerasJaxDriver(_KerasDriver):
     keras_backend = "jax"
+    sparse_gradients = "rows"  # jax.experimental.sparse.BCOO
     ci_max_examples = 6  # every op compiles for every new shape: about 0.5 s per example
 
 
