@@ -4,11 +4,14 @@
 building blocks for ``optax.chain``. Every ``update`` needs ``params``. ``channel_axis``
 defaults to -1, the output-channel axis of Flax and Haiku kernels; Equinox users pass 0.
 ``decide`` returns the per-leaf projection decision the optimizers take (for monitoring).
+State fields carry optax's names (``count``, ``mu``, ``nu``, ``trace``); ``TORCH_STATE_NAMES``
+maps them to the PyTorch state keys.
 """
 
 from adamp_jax._alias import adamp, sgdp
 from adamp_jax._projection import VIEWS
 from adamp_jax._transform import (
+    TORCH_STATE_NAMES,
     ScaleByAdamPState,
     ScaleBySGDPState,
     decide,
@@ -17,6 +20,7 @@ from adamp_jax._transform import (
 )
 
 __all__ = [
+    "TORCH_STATE_NAMES",
     "VIEWS",
     "ScaleByAdamPState",
     "ScaleBySGDPState",

@@ -1,10 +1,29 @@
 """``adamp`` and ``sgdp``: the building blocks chained with the learning rate, optax style."""
 
-from __future__ import annotations
+import math
+from typing import Any
 
+import jax
 import optax
 
-from adamp_jax._transform import ChannelAxis, Mask, scale_by_adamp, scale_by_sgdp, validate
+from adamp_jax._transform import ChannelAxis, Mask, _adamp, _sgdp, cast_to_params
+
+
+def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
+    """A learning rate may be negative (a step up the gradient), as in optax; a concrete
+    NaN or infinity is rejected, since every step would then be NaN or infinite."""
+    if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
+        return
+    try:
+        if isinstance(learning_rate, (str, bytes)):
+            raise TypeError
+        finite = math.isfinite(float(learning_rate))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"learning_rate must be a real number or a schedule (got {learning_rate!r})"
+        ) from None
+    if not finite:
+        raise ValueError(f"learning_rate must be finite (got {learning_rate!r})")
 
 
 def adamp(
@@ -17,8 +36,9 @@ def adamp(
     wd_ratio: float = 0.1,
     nesterov: bool = False,
     *,
-    channel_axis: ChannelAxis = -1,
+    channel_axis: ChannelAxis = None,
     mask: Mask = None,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamP (Heo et al., 2021): Adam without the radial update on scale-invariant weights.
 
@@ -28,16 +48,22 @@ def adamp(
     decay. The equations (A1-A8, P1-P5) are those of ``adamp_core``.
 
     Args:
-      learning_rate: a float or an ``optax.Schedule``.
+      learning_rate: a float or an ``optax.Schedule``; negative values step up the gradient,
+        as in optax.
       b1, b2, eps, weight_decay, delta, wd_ratio, nesterov: see ``scale_by_adamp``; the
         defaults are the official package's.
-      channel_axis: output-channel axis (D3): -1 for Flax and Haiku kernels, 0 for Equinox;
-        an int, a pytree of ints matching the params, or a callable ``(path, leaf) -> int``.
+      channel_axis: output-channel axis (D3): -1 for Flax and Haiku kernels (None, the
+        default, means -1), 0 for Equinox; an int, a pytree of ints matching the params, or a
+        callable ``(path, leaf) -> int``.
       mask: which leaves get weight decay, as in ``optax.add_decayed_weights``.
+      mu_dtype: dtype of the first moment, as in ``optax.adam`` (None: float32, or float64
+        for float64 params).
 
     Returns:
-      ``optax.chain(scale_by_adamp(...), optax.scale_by_learning_rate(learning_rate))``.
-      Its ``update`` requires ``params``.
+      ``optax.chain(scale_by_adamp(...), optax.scale_by_learning_rate(learning_rate))``, with
+      the updates rounded to each param's dtype after the learning rate rather than before
+      (a float16 direction can overflow where the step does not). Its ``update`` requires
+      ``params``.
 
     Examples:
       >>> import jax.numpy as jnp, optax, adamp_jax
@@ -51,9 +77,9 @@ def adamp(
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
       Weights", ICLR 2021 (arXiv:2006.08217), Algorithm 2.
     """
-    validate({"lr": "learning_rate"}, lr=learning_rate)
+    _check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_adamp(
+        _adamp(
             b1,
             b2,
             eps,
@@ -63,8 +89,11 @@ def adamp(
             nesterov,
             channel_axis=channel_axis,
             mask=mask,
+            mu_dtype=mu_dtype,
+            cast_updates=False,
         ),
         optax.scale_by_learning_rate(learning_rate),
+        cast_to_params(),
     )
 
 
@@ -79,30 +108,33 @@ def sgdp(
     wd_ratio: float = 0.1,
     *,
     project_buffer: bool = False,
-    channel_axis: ChannelAxis = -1,
+    channel_axis: ChannelAxis = None,
     mask: Mask = None,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGDP (Heo et al., 2021): SGD with momentum without the radial update on
     scale-invariant weights.
 
     Args:
-      learning_rate: a float or an ``optax.Schedule``.
+      learning_rate: a float or an ``optax.Schedule``, as in ``adamp``.
       momentum, dampening, weight_decay, nesterov, eps, delta, wd_ratio, project_buffer: see
         ``scale_by_sgdp``; the defaults are the official package's.
       channel_axis: output-channel axis (D3), as in ``adamp``.
       mask: which leaves get weight decay, as in ``optax.add_decayed_weights``.
+      accumulator_dtype: dtype of the momentum buffer, as in ``optax.sgd`` (None: float32,
+        or float64 for float64 params).
 
     Returns:
-      ``optax.chain(scale_by_sgdp(...), optax.scale_by_learning_rate(learning_rate))``.
-      Its ``update`` requires ``params``.
+      ``optax.chain(scale_by_sgdp(...), optax.scale_by_learning_rate(learning_rate))``, rounded
+      to the params' dtypes as in ``adamp``. Its ``update`` requires ``params``.
 
     References:
       Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on Scale-invariant
       Weights", ICLR 2021 (arXiv:2006.08217), Algorithm 1.
     """
-    validate({"lr": "learning_rate"}, lr=learning_rate)
+    _check_learning_rate(learning_rate)
     return optax.chain(
-        scale_by_sgdp(
+        _sgdp(
             momentum,
             dampening,
             weight_decay,
@@ -113,6 +145,9 @@ def sgdp(
             project_buffer=project_buffer,
             channel_axis=channel_axis,
             mask=mask,
+            accumulator_dtype=accumulator_dtype,
+            cast_updates=False,
         ),
         optax.scale_by_learning_rate(learning_rate),
+        cast_to_params(),
     )

@@ -21,8 +21,11 @@ NONE, CHANNEL, LAYER = 0, 1, 2
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-    """D9: float64 stays float64, every other floating dtype is computed in float32."""
-    return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
+    """D9: float64 stays float64 (float32 when x64 is off, as JAX holds it), every other
+    floating or integer dtype is computed in float32."""
+    if jnp.dtype(dtype) == jnp.float64:
+        return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+    return jnp.dtype(jnp.float32)
 
 
 def eligible(shape: tuple[int, ...]) -> bool:
@@ -101,8 +104,8 @@ def project(p, g, u, *, eps, delta, wd_ratio, channel_axis):
     return u, jnp.asarray(r, u.dtype), view
 
 
-def decide_leaf(p, g, *, eps, delta, channel_axis):
-    """(P1-P3) The view code of one array: 0 none, 1 channel, 2 layer."""
-    dt = compute_dtype(p.dtype)
+def decide_leaf(p, g, dtype, *, eps, delta, channel_axis):
+    """(P1-P3) The view code of one array of ``dtype``: 0 none, 1 channel, 2 layer."""
+    dt = compute_dtype(dtype)
     p, g = p.astype(dt), g.astype(dt)
     return project(p, g, g, eps=eps, delta=delta, wd_ratio=1.0, channel_axis=channel_axis)[2]

@@ -5,8 +5,6 @@ Each returns the direction whose negative times the learning rate is the step, a
 depends on the projection outcome (P5). Equation labels are those of ``adamp_core``.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 from collections.abc import Callable
@@ -18,27 +16,40 @@ import optax
 
 from adamp_core import check_grad_shape, validate_hyperparameters
 from adamp_jax._projection import compute_dtype, decide_leaf, project
-from adamp_jax._tree import channel_axes, decay_mask
+from adamp_jax._tree import channel_axes, decay_mask, is_placeholder, leaf_dtypes
 
-ChannelAxis = int | Any | Callable[[tuple, jax.Array], int]
+# Not ``from __future__ import annotations``: optax and its users read these signatures with
+# ``inspect.signature`` and compare annotations to ``optax.ScalarOrSchedule`` (strings would not
+# compare equal).
+ChannelAxis = int | Any | Callable[[tuple, jax.Array], int] | None
 Mask = Any | Callable[[optax.Params], Any] | None
+
+# D3: the output-channel axis of Flax and Haiku kernels, used when ``channel_axis`` is None. The
+# default is None rather than -1 so that ``optax.inject_hyperparams`` leaves it static.
+DEFAULT_CHANNEL_AXIS = -1
+
+# optax's state names -> the PyTorch state keys of ``adamp_torch`` and the official package, for
+# converting checkpoints (``adamp_core`` calls SGDP's buffer ``momentum_buffer``).
+TORCH_STATE_NAMES = {"count": "step", "mu": "exp_avg", "nu": "exp_avg_sq", "trace": "momentum"}
 
 
 class ScaleByAdamPState(NamedTuple):
-    """AdamP state; field names are the official PyTorch keys, as in ``adamp_core.AdamPState``.
+    """AdamP state, named as ``optax.ScaleByAdamState``.
 
-    ``exp_avg`` and ``exp_avg_sq`` are float32 for float16/bfloat16 params (D9).
+    ``mu`` is in ``mu_dtype`` (default: float32 for float32/float16/bfloat16 params, float64
+    for float64 ones, D9); ``nu`` is always in that compute dtype.
     """
 
-    step: jax.Array  # int32, the number of steps taken (A1)
-    exp_avg: optax.Updates
-    exp_avg_sq: optax.Updates
+    count: jax.Array  # int32, the number of steps taken (A1); PyTorch's ``step``
+    mu: optax.Updates  # first moment m (A2); PyTorch's ``exp_avg``
+    nu: optax.Updates  # second moment v (A3); PyTorch's ``exp_avg_sq``
 
 
 class ScaleBySGDPState(NamedTuple):
-    """SGDP state: the momentum buffer (S1), float32 for float16/bfloat16 params (D9)."""
+    """SGDP state, named as ``optax.TraceState``: the momentum buffer (S1) in
+    ``accumulator_dtype`` (default: the compute dtype, as ``mu`` of ``ScaleByAdamPState``)."""
 
-    momentum_buffer: optax.Updates
+    trace: optax.Updates  # PyTorch's ``momentum`` (official SGDP, adamp_torch)
 
 
 def validate(names: dict[str, str], **hp: Any) -> None:
@@ -69,8 +80,28 @@ def bias_correction(beta, t: jax.Array) -> jax.Array:
     return -jnp.expm1(t * log_beta)
 
 
-def _zeros(params: optax.Params) -> optax.Updates:
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), compute_dtype(p.dtype)), params)
+def _zeros(params: optax.Params, dtype: Any = None) -> optax.Updates:
+    """``jnp.zeros_like`` per leaf, so the state has each param's sharding (and works on
+    ``jax.ShapeDtypeStruct``); the dtype is ``dtype`` or the leaf's compute dtype (D9)."""
+
+    def zeros(p):
+        dt = compute_dtype(leaf_dtypes(p)[0]) if dtype is None else dtype
+        return jnp.zeros_like(p, dtype=jax.dtypes.canonicalize_dtype(dt))
+
+    return jax.tree.map(zeros, params)
+
+
+def _state_dtype(name: str, dtype: Any) -> Any:
+    """Checks ``mu_dtype`` / ``accumulator_dtype``: None or a real floating dtype."""
+    if dtype is None:
+        return None
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name} must be None or a floating dtype (got {dtype!r})") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{name} must be None or a real floating dtype (got {dt})")
+    return dt
 
 
 def _leaves(treedef, tree: Any, name: str) -> list:
@@ -82,6 +113,23 @@ def _leaves(treedef, tree: Any, name: str) -> list:
 
 def _is_zero(x: Any) -> bool:
     return isinstance(x, (int, float)) and x == 0
+
+
+def _axis(channel_axis: ChannelAxis) -> Any:
+    return DEFAULT_CHANNEL_AXIS if channel_axis is None else channel_axis
+
+
+def _check_params(params: optax.Params, channel_axis: ChannelAxis, mask: Mask) -> None:
+    """What ``init`` checks: leaf dtypes, ``channel_axis`` and ``mask`` against the params.
+
+    optax's ``tree.map_params`` calls ``init`` on a placeholder object, as ``optax.masked``
+    knows; there is nothing to check then.
+    """
+    if is_placeholder(params):
+        return
+    leaf_dtypes(params)
+    channel_axes(_axis(channel_axis), params)
+    decay_mask(mask, params)
 
 
 def _per_leaf(name: str, fn: Callable, updates, params, states: dict, channel_axis, mask) -> list:
@@ -97,10 +145,36 @@ def _per_leaf(name: str, fn: Callable, updates, params, states: dict, channel_ax
     for g, p in zip(gs, ps, strict=True):
         check_grad_shape(jnp.shape(p), jnp.shape(g))
     sts = [_leaves(treedef, tree, f"state.{field}") for field, tree in states.items()]
-    axes, masks = channel_axes(channel_axis, params), decay_mask(mask, params)
-    out = [fn(*x) for x in zip(gs, ps, *sts, axes, masks, strict=True)]
+    axes, masks = channel_axes(_axis(channel_axis), params), decay_mask(mask, params)
+    dts = leaf_dtypes(params)
+    ps, gs = [jnp.asarray(p) for p in ps], [jnp.asarray(g) for g in gs]  # Python float leaves
+    out = [fn(*x) for x in zip(gs, ps, *sts, axes, masks, dts, strict=True)]
     columns = list(zip(*out, strict=True)) if out else [()] * (len(states) + 1)
     return [treedef.unflatten(c) for c in columns]
+
+
+def _out_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """The update's dtype: the param's, as optax's; float for integer params (as optax's)."""
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else compute_dtype(dtype)
+
+
+def _cast(update: jax.Array, dtype: jnp.dtype, cast: bool) -> jax.Array:
+    return update.astype(_out_dtype(dtype)) if cast else update
+
+
+def cast_to_params() -> optax.GradientTransformation:
+    """Rounds each update to its param's dtype (``_out_dtype``); the last link of ``adamp``
+    and ``sgdp``, after the learning rate."""
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("cast_to_params needs params: call update(updates, state, params)")
+        treedef = jax.tree.structure(params)
+        us = _leaves(treedef, updates, "updates")
+        out = [u.astype(_out_dtype(d)) for u, d in zip(us, leaf_dtypes(params), strict=True)]
+        return treedef.unflatten(out), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def scale_by_adamp(
@@ -112,13 +186,16 @@ def scale_by_adamp(
     wd_ratio: float = 0.1,
     nesterov: bool = False,
     *,
-    channel_axis: ChannelAxis = -1,
+    channel_axis: ChannelAxis = None,
     mask: Mask = None,
+    mu_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by AdamP (A1-A8), without the learning rate.
 
     The output is ``u / (1 - b1^t) + weight_decay * r * p``, so that ``scale_by_learning_rate``
-    after it gives the reference step ``p <- p (1 - lr wd r) - lr / (1 - b1^t) u``.
+    after it gives the reference step ``p <- p (1 - lr wd r) - lr / (1 - b1^t) u``. It is
+    computed in float32 for float32, float16 and bfloat16 params (float64 for float64, D9) and
+    returned in the param's dtype, as optax's transformations return theirs.
 
     Args:
       b1, b2, eps: Adam's decay rates and epsilon, with eps added after bias correction (D5).
@@ -127,13 +204,36 @@ def scale_by_adamp(
       wd_ratio: the factor r applied to the decay on projected steps (P5).
       nesterov: use ``b1 m + (1 - b1) g`` as the numerator (A5).
       channel_axis: output-channel axis (D3): an int for every leaf, a pytree of ints matching
-        the params, or a callable ``(path, leaf) -> int``. -1 is the Flax and Haiku layout.
+        the params, or a callable ``(path, leaf) -> int``. None means -1, the Flax and Haiku
+        layout (None, unlike an int, is never injected by ``optax.inject_hyperparams``).
       mask: where weight decay applies, as in ``optax.add_decayed_weights``: a pytree of bools
         (or a prefix of the params) or a callable returning one from the params.
+      mu_dtype: dtype of the first moment ``mu``, as in ``optax.adam``; None keeps it in the
+        compute dtype. The second moment ``nu`` always stays in the compute dtype.
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
     """
+    return _adamp(**locals(), cast_updates=True)  # locals(): exactly the arguments
+
+
+def _adamp(
+    b1,
+    b2,
+    eps,
+    weight_decay,
+    delta,
+    wd_ratio,
+    nesterov,
+    *,
+    channel_axis,
+    mask,
+    mu_dtype,
+    cast_updates,
+) -> optax.GradientTransformation:
+    """``scale_by_adamp``; with ``cast_updates=False`` the updates stay in the compute dtype,
+    for ``adamp`` to round them after the learning rate (a float16 direction can overflow
+    where the step does not)."""
     validate(
         {"betas[0]": "b1", "betas[1]": "b2"},
         betas=(b1, b2),
@@ -143,30 +243,31 @@ def scale_by_adamp(
         wd_ratio=wd_ratio,
         nesterov=nesterov,
     )
+    mu_dtype = _state_dtype("mu_dtype", mu_dtype)
 
     def init_fn(params):
-        channel_axes(channel_axis, params)
-        decay_mask(mask, params)
-        return ScaleByAdamPState(jnp.zeros([], jnp.int32), _zeros(params), _zeros(params))
+        _check_params(params, channel_axis, mask)
+        return ScaleByAdamPState(jnp.zeros([], jnp.int32), _zeros(params, mu_dtype), _zeros(params))
 
-    def leaf(t, g, p, m, v, axis, decay):
-        dt = compute_dtype(p.dtype)  # D9
+    def leaf(t, g, p, m0, v0, axis, decay, dtype):
+        dt = compute_dtype(dtype)  # D9
         g, p = g.astype(dt), p.astype(dt)
         tf = t.astype(dt)
-        m = m * b1 + (1 - b1) * g  # A2
-        v = v * b2 + (1 - b2) * (g * g)  # A3
+        m = m0.astype(dt) * b1 + (1 - b1) * g  # A2
+        v = v0.astype(dt) * b2 + (1 - b2) * (g * g)  # A3
         den = jnp.sqrt(v) / jnp.sqrt(bias_correction(b2, tf)) + eps  # A4, D5: eps after it
         u = (b1 * m + (1 - b1) * g) / den if nesterov else m / den  # A5, D5: updated m
         u, r, _ = project(p, g, u, eps=eps, delta=delta, wd_ratio=wd_ratio, channel_axis=axis)
         out = u / bias_correction(b1, tf)  # A8 without -lr
         if decay and not _is_zero(weight_decay):
             out = out + (weight_decay * r) * p  # A7 without -lr; p before the step
-        return out, m, v
+        # the state keeps its dtypes (mu_dtype), so that jit, scan and cond see one type
+        return _cast(out, dtype, cast_updates), m.astype(m0.dtype), v.astype(v0.dtype)
 
     def update_fn(updates, state, params=None):
-        t = optax.safe_increment(state.step)  # A1
-        moments = {"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq}
+        t = optax.safe_increment(state.count)  # A1
         fn = functools.partial(leaf, t)
+        moments = {"mu": state.mu, "nu": state.nu}
         u, m, v = _per_leaf("scale_by_adamp", fn, updates, params, moments, channel_axis, mask)
         return u, ScaleByAdamPState(t, m, v)
 
@@ -183,13 +284,15 @@ def scale_by_sgdp(
     wd_ratio: float = 0.1,
     *,
     project_buffer: bool = False,
-    channel_axis: ChannelAxis = -1,
+    channel_axis: ChannelAxis = None,
     mask: Mask = None,
+    accumulator_dtype: Any = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by SGDP (S1-S6), without the learning rate.
 
     The output is ``u + weight_decay * r / (1 - momentum) * p``, so that
-    ``scale_by_learning_rate`` after it gives ``p <- p (1 - lr wd r / (1 - mu)) - lr u``.
+    ``scale_by_learning_rate`` after it gives ``p <- p (1 - lr wd r / (1 - mu)) - lr u``,
+    computed and returned as in ``scale_by_adamp``.
 
     Args:
       momentum, dampening, nesterov: as in ``torch.optim.SGD``; the buffer starts at zero (S1).
@@ -198,10 +301,31 @@ def scale_by_sgdp(
       project_buffer: store the projected direction as the buffer, as the official code does
         when nesterov is off (D6); default False follows the paper.
       channel_axis, mask: as in ``scale_by_adamp``.
+      accumulator_dtype: dtype of the momentum buffer ``trace``, as in ``optax.sgd``; None
+        keeps it in the compute dtype.
 
     Returns:
       An ``optax.GradientTransformation`` whose ``update`` requires ``params``.
     """
+    return _sgdp(**locals(), cast_updates=True)  # locals(): exactly the arguments
+
+
+def _sgdp(
+    momentum,
+    dampening,
+    weight_decay,
+    nesterov,
+    eps,
+    delta,
+    wd_ratio,
+    *,
+    project_buffer,
+    channel_axis,
+    mask,
+    accumulator_dtype,
+    cast_updates,
+) -> optax.GradientTransformation:
+    """``scale_by_sgdp``; ``cast_updates`` as in ``_adamp``."""
     validate(
         {},
         momentum=momentum,
@@ -213,26 +337,26 @@ def scale_by_sgdp(
         wd_ratio=wd_ratio,
         project_buffer=project_buffer,
     )
+    accumulator_dtype = _state_dtype("accumulator_dtype", accumulator_dtype)
 
     def init_fn(params):
-        channel_axes(channel_axis, params)
-        decay_mask(mask, params)
-        return ScaleBySGDPState(_zeros(params))
+        _check_params(params, channel_axis, mask)
+        return ScaleBySGDPState(_zeros(params, accumulator_dtype))
 
-    def leaf(g, p, buf, axis, decay):
-        dt = compute_dtype(p.dtype)  # D9
+    def leaf(g, p, buf, axis, decay, dtype):
+        dt = compute_dtype(dtype)  # D9
         g, p = g.astype(dt), p.astype(dt)
-        b = buf * momentum + (1 - dampening) * g  # S1
+        b = buf.astype(dt) * momentum + (1 - dampening) * g  # S1
         u = g + momentum * b if nesterov else b  # S2
         u, r, _ = project(p, g, u, eps=eps, delta=delta, wd_ratio=wd_ratio, channel_axis=axis)
         out = u  # S5 without -lr
         if decay and not _is_zero(weight_decay):
             out = out + (weight_decay * r / (1 - momentum)) * p  # S4, D7: divided by 1 - mu
         stored = u if project_buffer and not nesterov else b  # S6, D6
-        return out, stored
+        return _cast(out, dtype, cast_updates), stored.astype(buf.dtype)
 
     def update_fn(updates, state, params=None):
-        buf = {"momentum_buffer": state.momentum_buffer}
+        buf = {"trace": state.trace}
         u, b = _per_leaf("scale_by_sgdp", leaf, updates, params, buf, channel_axis, mask)
         return u, ScaleBySGDPState(b)
 
@@ -245,7 +369,7 @@ def decide(
     *,
     delta: float = 0.1,
     eps: float = 1e-8,
-    channel_axis: ChannelAxis = -1,
+    channel_axis: ChannelAxis = None,
 ) -> Any:
     """(P1-P3) Which view projects each leaf, as ``scale_by_adamp`` / ``scale_by_sgdp`` decide.
 
@@ -259,7 +383,7 @@ def decide(
     """
     validate({}, eps=eps, delta=delta)
 
-    def leaf(g, p, axis, _):
-        return (decide_leaf(p, g, eps=eps, delta=delta, channel_axis=axis),)
+    def leaf(g, p, axis, _, dtype):
+        return (decide_leaf(p, g, dtype, eps=eps, delta=delta, channel_axis=axis),)
 
     return _per_leaf("decide", leaf, grads, params, {}, channel_axis, None)[0]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from adamp_jax._projection import static_axis
@@ -41,7 +42,7 @@ def channel_axes(channel_axis: Any, params: Any) -> list:
     for axis, leaf in zip(axes, jax.tree.leaves(params), strict=True):
         if not _is_int(axis):
             raise ValueError(f"channel_axis must be an integer for every leaf (got {axis!r})")
-        static_axis(axis, np.shape(leaf))  # raises on an axis outside [-ndim, ndim)
+        static_axis(axis, jnp.shape(leaf))  # raises on an axis outside [-ndim, ndim)
     return axes
 
 
@@ -64,3 +65,33 @@ def decay_mask(mask: Any | Callable[[Any], Any] | None, params: Any) -> list[boo
         return [bool(m) for m in out]
     except (TypeError, jax.errors.ConcretizationTypeError):
         raise ValueError("mask leaves must be Python or concrete booleans") from None
+
+
+def is_placeholder(params: Any) -> bool:
+    """True for a params tree without leaves, such as the placeholder that
+    ``optax.tree.map_params`` passes to ``init``: there is nothing to check against it."""
+    return not jax.tree.leaves(params)
+
+
+def leaf_dtypes(params: Any) -> list[np.dtype]:
+    """The dtype of each leaf as JAX holds it (float64 is float32 when x64 is off; a Python
+    float is float32), checked to be real: floating or integer.
+
+    Complex leaves are an error: the projection's cosines and norms are defined for real
+    weights, and a real-only step would leave the imaginary part where it is. Integer leaves
+    are computed in float32, as optax's optimizers compute them.
+    """
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        dt = leaf.dtype if hasattr(leaf, "dtype") else jnp.result_type(leaf)
+        dt = jax.dtypes.canonicalize_dtype(dt)
+        if not (jnp.issubdtype(dt, jnp.floating) or jnp.issubdtype(dt, jnp.integer)):
+            where = jax.tree_util.keystr(path) or "the params"
+            kind = "complex" if jnp.issubdtype(dt, jnp.complexfloating) else "not a real number"
+            raise ValueError(
+                f"adamp_jax supports real floating or integer params; {where} has dtype {dt} "
+                f"({kind}). For a complex weight, optimise its real and imaginary parts as two "
+                "real leaves (jnp.real / jnp.imag), or mask it out with optax.masked."
+            )
+        out.append(dt)
+    return out

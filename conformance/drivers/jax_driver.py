@@ -2,9 +2,9 @@
 
 Param groups become ``optax.multi_transform`` over a label per parameter, as an optax user
 would write them; every group gets its own ``channel_axis``. The state is found by walking
-what ``init`` / ``update`` return: the ``NamedTuple`` carrying ``exp_avg`` / ``exp_avg_sq`` /
-``step`` (AdamP) or ``momentum_buffer`` (SGDP) for the parameter's key. float64 needs
-``jax_enable_x64``, switched on in ``setup``.
+what ``init`` / ``update`` return: the ``NamedTuple`` carrying optax's ``count`` / ``mu`` /
+``nu`` (AdamP) or ``trace`` (SGDP) for the parameter's key, renamed to the reference's keys.
+float64 needs ``jax_enable_x64``, switched on in ``setup``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,13 @@ import numpy as np
 
 from . import Driver, Output, Problem, float_dtypes
 
-_FIELDS = {"adamp": ("step", "exp_avg", "exp_avg_sq"), "sgdp": ("momentum_buffer",)}
+_FIELDS = {"adamp": ("count", "mu", "nu"), "sgdp": ("trace",)}
+_REFERENCE_NAMES = {
+    "count": "step",
+    "mu": "exp_avg",
+    "nu": "exp_avg_sq",
+    "trace": "momentum_buffer",
+}
 
 
 def _find_states(tree: Any, fields: tuple[str, ...], out: list) -> list:
@@ -153,10 +159,10 @@ class JaxDriver(Driver):
                 f: getattr(s, f)[key] if isinstance(getattr(s, f), dict) else getattr(s, f)
                 for f in _FIELDS[optimizer]
             }
-            moments = [v for f, v in leaves.items() if f != "step"]
+            moments = [v for f, v in leaves.items() if f != "count"]
             if all(isinstance(v, jax.Array) for v in moments):
                 return {
-                    f: (int(v) if f == "step" else np.asarray(v, dtype=np.float64))
+                    _REFERENCE_NAMES[f]: (int(v) if f == "count" else np.asarray(v, np.float64))
                     for f, v in leaves.items()
                 }
         raise KeyError(f"no {optimizer} state found for {key}")

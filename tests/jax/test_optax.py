@@ -79,7 +79,16 @@ def assert_tree_close(got, want, rtol):
 # ----------------------------------------------------------------------------- errors
 
 BAD_INPUTS = [  # (factory, kwargs, error, message regex)
-    (adamp_jax.adamp, {"learning_rate": -1.0}, ValueError, r"learning_rate must be >= 0"),
+    (adamp_jax.adamp, {"learning_rate": float("nan")}, ValueError, "learning_rate must be fin"),
+    (adamp_jax.sgdp, {"learning_rate": float("inf")}, ValueError, "learning_rate must be fin"),
+    (adamp_jax.sgdp, {"learning_rate": "0.1"}, ValueError, "learning_rate must be a real"),
+    (adamp_jax.adamp, {"learning_rate": 1e-3, "mu_dtype": "int8"}, ValueError, "mu_dtype"),
+    (
+        adamp_jax.sgdp,
+        {"learning_rate": 0.1, "accumulator_dtype": "complex64"},
+        ValueError,
+        "accumulator_dtype must be None or a real floating dtype",
+    ),
     (adamp_jax.adamp, {"learning_rate": 1e-3, "b1": 1.0}, ValueError, r"b1 must be in \[0, 1\)"),
     (adamp_jax.adamp, {"learning_rate": 1e-3, "b2": -0.1}, ValueError, r"b2 must be in \[0, 1\)"),
     (adamp_jax.adamp, {"learning_rate": 1e-3, "eps": 0.0}, ValueError, r"eps must be > 0"),
@@ -313,7 +322,7 @@ def test_state_is_a_namedtuple_of_arrays_and_round_trips_through_numpy():
     _, state = run(opt, params, [grads] * 2)
     inner = state[0]
     assert isinstance(inner, adamp_jax.ScaleByAdamPState)
-    assert inner.step.dtype == jnp.int32 and inner.step.shape == ()
+    assert inner.count.dtype == jnp.int32 and inner.count.shape == ()
     leaves, treedef = jax.tree.flatten(state)
     assert all(isinstance(x, jax.Array) for x in leaves)
     restored = treedef.unflatten([jnp.asarray(np.array(x)) for x in leaves])  # a checkpoint
@@ -344,13 +353,14 @@ def test_zero_weight_and_zero_rows_stay_finite(name):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_state_and_update_dtypes(dtype):
-    """D9: state and updates in float32 for low-precision params; params keep their dtype."""
+    """D9: state in float32 for low-precision params; updates and params in the params' dtype
+    (the update as optax's optimizers return theirs)."""
     params = {"w": jnp.ones((3, 4), dtype)}
     grads = {"w": jnp.full((3, 4), 1e-3, dtype)}
     for opt in (adamp_jax.adamp(1e-3, weight_decay=0.1), adamp_jax.sgdp(0.1, momentum=0.9)):
         state = opt.init(params)
         updates, state = opt.update(grads, state, params)
-        assert updates["w"].dtype == jnp.float32
+        assert updates["w"].dtype == dtype
         assert all(x.dtype in (jnp.float32, jnp.int32) for x in jax.tree.leaves(state))
         assert optax.apply_updates(params, updates)["w"].dtype == dtype
         assert np.all(np.isfinite(np.asarray(updates["w"])))

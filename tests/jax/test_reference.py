@@ -82,13 +82,11 @@ def assert_close(got, want, rtol: float) -> None:
 
 def assert_state_equal(name: str, jax_state, ref_state, rtol: float) -> None:
     if name == "adamp":
-        assert int(jax_state.step) == ref_state.step
-        pairs = [
-            (jax_state.exp_avg, ref_state.exp_avg),
-            (jax_state.exp_avg_sq, ref_state.exp_avg_sq),
-        ]
+        # optax's names (count, mu, nu; trace) for the reference's (step, exp_avg, ...)
+        assert int(jax_state.count) == ref_state.step
+        pairs = [(jax_state.mu, ref_state.exp_avg), (jax_state.nu, ref_state.exp_avg_sq)]
     else:
-        pairs = [(jax_state.momentum_buffer, ref_state.momentum_buffer)]
+        pairs = [(jax_state.trace, ref_state.momentum_buffer)]
     for got, want in pairs:
         assert_close(got, want, rtol)
 
@@ -157,6 +155,13 @@ def test_bfloat16_params_follow_reference_in_float32(name, branch):
 
     The reference does the same; the two float32 computations round differently in the last
     bits, which can move a bfloat16 result by one unit in the last place (2**-8 relative).
+    The update itself comes back in bfloat16, as optax's do, and ``apply_updates`` adds the
+    rounded update. That adds, per step, up to half a bfloat16 spacing of the update (2**-9
+    of its magnitude; allowed: 2**-8 of the reference's largest step, summed over the steps),
+    which matters for entries that have come near zero; and ``p + u`` then lands on the other
+    side of a rounding boundary of ``p`` now and then, one more spacing of ``p`` that later
+    steps carry along (measured: at most 2 spacings, 2**-7 relative at 0.075, in 2 of 288
+    entries; allowed: 2**-6 relative).
     """
     rng = np.random.default_rng(11)
     p0 = rng.standard_normal((3, 3, 4, 8)).astype(jnp.bfloat16)
@@ -169,11 +174,14 @@ def test_bfloat16_params_follow_reference_in_float32(name, branch):
         hp["momentum"] = 0.9
     want = reference_trajectory(name, p0, grads, **hp)
     got = run_jax(name, p0, grads, **hp)
+    prev, update_rounding = p0.astype(np.float64), 0.0
     for (gp, gs), (wp, ws) in zip(got, want, strict=True):
         assert gp.dtype == jnp.bfloat16
         for leaf in jax.tree.leaves(gs):
             assert leaf.dtype in (jnp.float32, jnp.int32)
+        update_rounding += 2**-8 * np.max(np.abs(wp.astype(np.float64) - prev))
+        prev = wp.astype(np.float64)
         np.testing.assert_allclose(
-            gp.astype(np.float32), wp.astype(np.float32), rtol=2**-7, atol=1e-6
+            gp.astype(np.float32), wp.astype(np.float32), rtol=2**-6, atol=1e-6 + update_rounding
         )
         assert_state_equal(name, gs, ws, 1e-4)
