@@ -40,6 +40,11 @@ class ProjectionOptimizer(torch.optim.Optimizer):
     _hyper: tuple[str, ...] = ()
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        # The arguments first, before params is read, as torch.optim does (each group is
+        # validated again in add_param_group, with its own values).
+        validate_hyperparameters(
+            **{k: defaults[k] for k in self._hyper if defaults[k] is not required}
+        )
         self._layouts: dict[tuple, _kernel.Layout] = {}
         self._work: dict[tuple, Tensor] = {}  # reused temporaries (_kernel.flat_buffers)
         self.track_views = False

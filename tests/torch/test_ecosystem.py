@@ -208,18 +208,22 @@ OURS_ONLY_ERRORS = [  # arguments only AdamP/SGDP have (pytorch-optimizer's test
 )
 def test_bad_hyperparameters_raise(name, step_path, row):
     """PyTorch ``test_errors`` (construction errors), pytorch-optimizer's negative-value
-    checks. The official package validates none of these (docs/torch.md); not a control."""
+    checks. The official package validates none of these (docs/torch.md); not a control.
+    Both sources pass ``params=None``: the arguments are checked before params is read."""
     _, kwargs, error, regex = HYPER_ERRORS[row]
     with pytest.raises(error, match=regex):
         build(name, step_path, [Parameter(torch.randn(2, 3))], **kwargs)
+    with pytest.raises(error, match=regex):
+        build(name, step_path, None, **kwargs)
 
 
 @pytest.mark.parametrize("row", range(len(OURS_ONLY_ERRORS)))
 @subjects(*OURS)
 def test_bad_projection_hyperparameters_raise(name, step_path, row):
     kwargs, error, regex = OURS_ONLY_ERRORS[row]
-    with pytest.raises(error, match=regex):
-        build(name, step_path, [Parameter(torch.randn(2, 3))], **kwargs)
+    for params in ([Parameter(torch.randn(2, 3))], None):
+        with pytest.raises(error, match=regex):
+            build(name, step_path, params, **kwargs)
 
 
 @subjects()
