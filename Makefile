@@ -57,14 +57,21 @@ conformance: $(STAMP)
 	$(PYTEST) conformance --backend=$(BACKEND) --device=$(DEVICE)
 
 # The ci profile over every CPU backend, each in its own process (keras reads KERAS_BACKEND
-# once). The numpy run also holds the mutation self-test and the strategies' tests.
+# once). The numpy run also holds the mutation self-test and the strategies' tests. Last, the
+# worked example of docs/conformance.md: torch-optimizer's AdamP/SGDP through a driver outside
+# the suite, run by the installed command with its own xfails file.
 CONFORMANCE_BACKENDS := numpy official pytorch-optimizer torch torch-ops jax keras-tensorflow keras-jax keras-torch
+EXAMPLE_DRIVER := torch_optimizer_driver:TorchOptimizerDriver
 conformance-ci: $(STAMP)
 	@failed=""; for b in $(CONFORMANCE_BACKENDS); do \
 	  echo "== conformance ci: $$b"; \
 	  $(PYTEST) conformance --backend=$$b --hypothesis-profile=ci -p no:cacheprovider \
 	    || failed="$$failed $$b"; \
 	done; \
+	echo "== conformance ci: torch-optimizer (conformance/examples)"; \
+	PYTHONPATH=conformance/examples $(BIN)/adamp-conformance -q --backend=$(EXAMPLE_DRIVER) \
+	  --xfails-file=conformance/examples/torch_optimizer.xfails --hypothesis-profile=ci \
+	  || failed="$$failed torch-optimizer"; \
 	if [ -n "$$failed" ]; then echo "conformance failed for:$$failed"; exit 1; fi
 
 clean:

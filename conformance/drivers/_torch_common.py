@@ -88,6 +88,7 @@ class TorchDriverBase(Driver):
             torch.from_numpy(np.asarray(s.indices, np.int64))[None, :],
             self.tensor(s.values),
             s.shape,
+            check_invariants=True,
         )
 
     # -- running ------------------------------------------------------------------------------
