@@ -1,7 +1,7 @@
 """Part 2: the paper's norm-growth identities, checked step by step on a random problem.
 
-For a scale-invariant loss the gradient is orthogonal to the weight, and (SPEC-NOTES, Facts;
-Heo et al. 2021, Sec. 3):
+For a scale-invariant loss the gradient is orthogonal to the weight, and (docs/algorithm.md,
+sections 1 and 2; Heo et al. 2021, Sec. 3):
 
     plain GD        |w_{t+1}|^2 = |w_t|^2 + lr^2 |g_t|^2
     heavy ball      |w_{t+1}|^2 = |w_t|^2 + lr^2 |p_t|^2 + 2 lr^2 sum_{k<t} beta^(t-k) |p_k|^2
@@ -19,7 +19,7 @@ The problem: least squares on row-normalised weights, ``L_B(W) = mean_{j in B} (
 - y_j)^2 / 2`` with ``W_hat_i = W_i / |W_i|`` (per-row scale invariance, as a convolution filter
 followed by BatchNorm), random ``a_j``, targets independent of the inputs (pure gradient noise,
 so the step statistics are stationary), minibatches of 32, and a small learning rate so that
-|w| barely changes while the ratio settles.
+|w| barely changes while the ratio settles. Decision labels (D6) are those of docs/algorithm.md.
 """
 
 from __future__ import annotations

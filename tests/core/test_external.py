@@ -7,7 +7,8 @@
   (Its AdamP adds eps before bias correction, D5, so it is no reference for AdamP.)
 
 Each step's gradient is built from the reference's current weight to reach a chosen branch, and
-the branch actually reached is taken from ``adamp_core.decide`` and counted.
+the branch actually reached is taken from ``adamp_core.decide`` and counted. Decision labels
+(D1-D10) are those of docs/algorithm.md, section 6.
 """
 
 from __future__ import annotations

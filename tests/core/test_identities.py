@@ -3,7 +3,7 @@
 Loss: L(w) = 1/2 |w/|w| - e|^2 for a fixed unit vector e. It is scale-invariant, so its gradient
 (I - u u^T) (u - e) / |w| with u = w/|w| is orthogonal to w (up to rounding).
 
-Derivations (SPEC-NOTES, "Facts"; Heo et al. 2021, Sec. 2):
+Derivations (docs/algorithm.md, sections 1-3; Heo et al. 2021, Sec. 2):
 - plain GD: w' = w - lr g with <w, g> = 0, so |w'|^2 = |w|^2 + lr^2 |g|^2.
 - heavy ball, p_t = g_t + beta p_{t-1}: a_t = <w_t, p_t> satisfies a_0 = 0 and
   a_t = beta (a_{t-1} - lr |p_{t-1}|^2), so a_t = -lr sum_{k<t} beta^(t-k) |p_k|^2 and

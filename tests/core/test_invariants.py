@@ -1,4 +1,7 @@
-"""Invariants of the reference, checked with hypothesis (STYLE.md: identities beat snapshots)."""
+"""Invariants of the reference, checked with hypothesis: identities rather than snapshots.
+
+Decision labels (D1-D10) are those of docs/algorithm.md, section 6.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Bad inputs, each with the error and message it must give; edge cases of D4 and D9."""
+"""Bad inputs, each with the error and message it must give; edge cases of D4 and D9.
+
+Decision labels (D1-D10) are those of docs/algorithm.md, section 6.
+"""
 
 from __future__ import annotations
 

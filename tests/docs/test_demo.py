@@ -91,7 +91,7 @@ def test_toy_through_adapter(name):
 
 def test_norm_identities_and_growth_ratio():
     """Part 2: the paper's identities hold to rounding, and the heavy-ball growth ratio is near
-    (1 + beta) / (1 - beta) = 19 for beta = 0.9 (SPEC-NOTES Facts; docs/algorithm.md, sec. 2)."""
+    (1 + beta) / (1 - beta) = 19 for beta = 0.9 (derived in docs/algorithm.md, section 2)."""
     prob = demo_norms.make_problem(1500)
     gd, hb, sgdp = (demo_norms.run(prob, m, d) for m, d in ((0, 0), (0.9, 0), (0.9, 0.1)))
     assert gd.max_residual < 1e-6 and hb.max_residual < 1e-6
