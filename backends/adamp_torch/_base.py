@@ -99,7 +99,9 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         """Loads a state dict; float16/bfloat16 parameters keep float32 state (D9).
 
         The base class casts every state tensor to its parameter's dtype, which would round
-        float32 moments to float16; they are restored from ``state_dict`` here.
+        float32 moments to float16; they are restored from ``state_dict`` here. Each group
+        keeps its own ``impl``: it says how this process steps, not what was saved (a
+        checkpoint of ``impl="native"`` on a CPU resumes on CUDA).
 
         Raises:
           ValueError: for a param group saved by timm with ``caution=True`` (its cautious
@@ -111,7 +113,10 @@ class ProjectionOptimizer(torch.optim.Optimizer):
                     f"{type(self).__name__}.load_state_dict: param group {i} has caution=True "
                     "(timm's cautious variant), which is not implemented here"
                 )
+        impls = [g.get("impl") for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, impl in zip(self.param_groups, impls, strict=True):
+            group["impl"] = impl
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(saved_ids, params, strict=True):

@@ -544,6 +544,27 @@ def test_copies_save_alike_and_continue_alike(name, step_path, how):
     assert_same(copied.state_dict(), opt.state_dict())
 
 
+@pytest.mark.parametrize("saved_with", [*IMPLS, None], ids=str)
+@subjects(*OURS)
+def test_loading_keeps_the_own_impl(name, step_path, saved_with):
+    """A state dict saved with one implementation (or the automatic choice) resumes with the
+    loading optimizer's ``impl``: it says how a process steps, not what the optimizer is, so a
+    checkpoint of ``impl="native"`` must not bind a CUDA run to the C step. Everything else
+    is the saved dict's, and the two continue alike (float64, fixed gradients, two
+    implementations: within REL_TOL)."""
+    params, opt, rest = _fixed_run(name, 2, impl=saved_with)
+    twin = [Parameter(p.detach().clone()) for p in params]
+    opt2 = build(name, step_path, twin, lr=0.5)
+    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
+    expected = copy.deepcopy(opt.state_dict())
+    expected["param_groups"][0]["impl"] = step_path
+    assert_same(opt2.state_dict(), expected)
+    _continue(params, opt, rest)
+    _continue(twin, opt2, rest)
+    for p, q in zip(params, twin, strict=True):
+        assert (q - p).abs().max() <= REL_TOL[torch.float64] * p.abs().max()
+
+
 @subjects()
 def test_deepcopy_copies_all_public_attrs(name, step_path):
     """PyTorch ``test_deepcopy_copies_all_public_attrs``."""
@@ -1049,14 +1070,14 @@ def test_sgdp_lr_required_only_where_a_group_lacks_one(name, step_path):
         o.add_param_group({"params": [extra], "lr": 0.1})
 
 
-def _official_run(name: str, steps: int):
-    """float64 parameters and fixed gradients stepped by the official optimizer; returns
-    (params, optimizer, grads of the steps to come)."""
+def _fixed_run(name: str, steps: int, impl: str | None = None):
+    """float64 parameters and fixed gradients (not a model's, whose training would amplify
+    rounding differences) stepped by ``name``; returns (params, optimizer, grads to come)."""
     gen = torch.Generator().manual_seed(7)
     shapes = [(6, 3, 2, 2), (6,), (4, 5)]
     params = [Parameter(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
     grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(6)]
-    opt = build(name, None, params)
+    opt = build(name, impl, params)
     for t in range(steps):
         for p, g in zip(params, grads[t], strict=True):
             p.grad = g.clone()
@@ -1081,7 +1102,7 @@ def test_official_loads_our_checkpoint(step_path, name):
     for bit (float64). Loaded without the conversion, AdamP's float32 step tensor makes the
     official bias corrections float32, and the parameters drift (the conversion matters)."""
     official = f"official-{name}"
-    params_a, opt_a, rest = _official_run(official, 3)
+    params_a, opt_a, rest = _fixed_run(official, 3)
     sd_a = copy.deepcopy(opt_a.state_dict())
     ours = build(name, step_path, [Parameter(p.detach().clone()) for p in params_a])
     ours.load_state_dict(copy.deepcopy(sd_a))
@@ -1141,7 +1162,7 @@ def test_timm_state_dict_with_caution(step_path, name):
     """timm's AdamP/SGDP save a ``caution`` group key (its cautious variants, not implemented
     here): a state dict with ``caution=False`` loads and continues as the official one; with
     ``caution=True`` loading raises, naming it, and leaves the optimizer as it was."""
-    params_a, opt_a, rest = _official_run(f"official-{name}", 2)
+    params_a, opt_a, rest = _fixed_run(f"official-{name}", 2)
     sd = copy.deepcopy(opt_a.state_dict())
     params = [Parameter(p.detach().clone()) for p in params_a]
     ours = build(name, step_path, params)
