@@ -1,5 +1,8 @@
 """Run by test_sharding.py in a fresh process: XLA_FLAGS must give two CPU devices before jax
-is imported. Sharded and unsharded AdamP / SGDP steps must agree, and keep the shardings."""
+is imported. Sharded and unsharded AdamP / SGDP steps must agree, and keep the shardings. The
+state follows the params' sharding as optax's own optimizers' does (optax's sharding_test, Flax's
+optimizer sharding test), with optax.adamw / optax.sgd as controls: eager ``init`` on a mesh,
+``init`` and ``update`` of one type on an Explicit mesh, jitted or not, and a scanned loop."""
 
 from __future__ import annotations
 
@@ -11,9 +14,10 @@ os.environ["XLA_FLAGS"] = (
 
 import adamp_jax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from adamp_core.testing import branch_gradient
@@ -56,6 +60,57 @@ def check(opt, mesh, specs, params, grads) -> None:
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=RTOL)
 
 
+OPTIMIZERS = {
+    "adamp": lambda: adamp_jax.adamp(1e-2, weight_decay=0.1),
+    "sgdp": lambda: adamp_jax.sgdp(0.1, momentum=0.9, weight_decay=0.1),
+    "optax.adamw": lambda: optax.adamw(1e-2),
+    "optax.sgd": lambda: optax.sgd(0.1, momentum=0.9),
+}
+
+
+def check_eager_init_follows_params(mesh, specs, params) -> None:
+    """``TrainState.create`` and ``nnx.Optimizer`` call ``init`` eagerly: every moment must be
+    laid out like its param, not gathered on one device."""
+    sharded = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+    for name, make in OPTIMIZERS.items():
+        state = make().init(sharded)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+            key = next((k.key for k in path if isinstance(k, jax.tree_util.DictKey)), None)
+            if key is None:  # the step counter: a replicated scalar
+                continue
+            want = NamedSharding(mesh, specs[key])
+            assert leaf.sharding.is_equivalent_to(want, leaf.ndim), (name, path, leaf.sharding)
+
+
+def check_explicit_mesh() -> None:
+    """On an Explicit mesh the sharding is part of the type: ``init`` (eager or jitted) and
+    ``update`` must return one type, or ``lax.scan`` / ``lax.cond`` over the state fail."""
+    mesh = jax.make_mesh((2,), ("x",), axis_types=(AxisType.Explicit,))
+    with jax.set_mesh(mesh):
+        params = {
+            "w": jnp.ones((2, 8, 4), jnp.float16, out_sharding=NamedSharding(mesh, P(None, "x"))),
+            "k": jnp.ones((4, 8), jnp.float32, out_sharding=NamedSharding(mesh, P("x", None))),
+            "b": jnp.ones(8, jnp.float32, out_sharding=NamedSharding(mesh, P("x"))),
+        }
+        for name, make in OPTIMIZERS.items():
+            opt = make()
+            state0 = opt.init(params)
+            types = jax.tree.map(jax.typeof, state0)
+            assert jax.tree.map(jax.typeof, jax.jit(opt.init)(params)) == types, name
+            _, state1 = opt.update(params, state0, params)
+            assert jax.tree.map(jax.typeof, state1) == types, name
+            _, state2 = jax.jit(opt.update)(params, state0, params)
+            assert jax.tree.map(jax.typeof, state2) == types, name
+
+            def step(carry, _, opt=opt):
+                p, s = carry
+                updates, s = opt.update(jax.tree.map(jnp.cos, p), s, p)
+                return (optax.apply_updates(p, updates), s), None
+
+            (p, _), _ = jax.lax.scan(step, (params, state0), length=3)
+            assert jax.tree.map(jax.typeof, p) == jax.tree.map(jax.typeof, params), name
+
+
 def main() -> None:
     assert len(jax.devices()) == 2, jax.devices()
     mesh = Mesh(np.array(jax.devices()), ("x",))
@@ -81,6 +136,9 @@ def main() -> None:
     ):
         check(opt, mesh, specs, params, grads)
     print("sharded == unsharded")
+    check_eager_init_follows_params(mesh, specs, params)
+    check_explicit_mesh()
+    print("state follows params")
 
 
 if __name__ == "__main__":

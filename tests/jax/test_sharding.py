@@ -1,4 +1,5 @@
-"""Sharded parameters on a 2-device CPU mesh give the unsharded result.
+"""Sharded parameters on a 2-device CPU mesh give the unsharded result, and the optimizer state
+follows the params' sharding (eager init, Explicit mesh types, a scanned loop).
 
 The device count is an XLA flag read once, when jax starts, so the check runs in a fresh
 Python process (``_sharded_check.py``).
@@ -19,7 +20,7 @@ RENDEZVOUS_HANG = "to join the rendezvous"
 ATTEMPTS = 3
 
 
-def test_two_device_mesh_gives_the_unsharded_result():
+def test_two_device_mesh_gives_the_unsharded_result_and_state_follows_params():
     script = Path(__file__).with_name("_sharded_check.py")
     backends = str(Path(adamp_jax.__file__).resolve().parents[1])
     root = str(Path(__file__).resolve().parents[2])
@@ -33,3 +34,4 @@ def test_two_device_mesh_gives_the_unsharded_result():
             break
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sharded == unsharded" in out.stdout
+    assert "state follows params" in out.stdout
