@@ -84,9 +84,12 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         # Groups of state dicts saved by the official package or timm lack the keys only this
         # class has (channel_axis, project_buffer, ...): they get the defaults. Only the keys of
         # the constructor's arguments: torch's __setstate__ adds "differentiable" to
-        # self.defaults, and a group that gained it would make the state_dict() of a loaded,
-        # copied or unpickled optimizer differ from the original's.
+        # self.defaults, and a group that gained it (here, or in a later add_param_group)
+        # would make the state_dict() of a loaded, copied or unpickled optimizer differ from
+        # the original's. No step reads it (torch reads it with .get).
         own = list(inspect.signature(type(self)).parameters)[1:]  # after params
+        if "differentiable" not in own:
+            self.defaults.pop("differentiable", None)
         for group in self.param_groups:
             for key in own:
                 if key not in group and key in self.defaults:

@@ -520,7 +520,8 @@ def test_state_dict_deterministic(name, step_path):
 def test_copies_save_alike_and_continue_alike(name, step_path, how):
     """A deep copy, an unpickled copy and a ``torch.save`` / ``torch.load(weights_only=True)``
     round trip (PyTorch ``test_save_load_equality_with_weights_only``) give the original's
-    ``state_dict()``; the copies step exactly as the original."""
+    ``state_dict()``; the copies step exactly as the original, and groups added later to
+    either are saved alike (not so for the official package)."""
     model = small_cnn()
     opt = build(name, step_path, model.parameters())
     train(model, opt, 3)
@@ -542,6 +543,11 @@ def test_copies_save_alike_and_continue_alike(name, step_path, how):
     train(twin, copied, 2, start=3)
     assert same_params(model.parameters(), twin.parameters())
     assert_same(copied.state_dict(), opt.state_dict())
+    if name in OFFICIAL:  # its copies give later groups torch's "differentiable" key
+        return
+    opt.add_param_group({"params": [Parameter(torch.ones(3))]})
+    copied.add_param_group({"params": [Parameter(torch.ones(3))]})
+    assert_same(copied.state_dict()["param_groups"], opt.state_dict()["param_groups"])
 
 
 @pytest.mark.parametrize("saved_with", [*IMPLS, None], ids=str)
