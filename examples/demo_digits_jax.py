@@ -1,7 +1,7 @@
 """Part 3 through JAX: the same CNN in ``flax.linen``, optax baselines against ``adamp_jax``.
 
 Flax kernels are ``(kh, kw, in, out)`` and ``(in, out)``: the output channel is the last axis,
-the adapter's default ``channel_axis=-1`` (D3). Baselines: ``optax.sgd`` after
+the adapter's default channel axis (-1, D3). Baselines: ``optax.sgd`` after
 ``optax.add_decayed_weights`` (torch's coupled L2 decay), and ``optax.adamw``.
 """
 
