@@ -832,6 +832,18 @@ SCHEDULERS = {
         o, max_lr=o.param_groups[0]["lr"], total_steps=20
     ),
     "ReduceLROnPlateau": lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=1),
+    "MultiStepLR": lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[5, 10]),
+    "PolynomialLR": lambda o: torch.optim.lr_scheduler.PolynomialLR(o, total_iters=20),
+    "CosineAnnealingWarmRestarts": lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        o, T_0=5
+    ),
+    # cycles momentum (SGD family) or betas[0] (Adam family) too
+    "CyclicLR": lambda o: torch.optim.lr_scheduler.CyclicLR(
+        o, base_lr=o.param_groups[0]["lr"] / 4, max_lr=o.param_groups[0]["lr"], step_size_up=5
+    ),
+    "SWALR": lambda o: torch.optim.swa_utils.SWALR(
+        o, swa_lr=o.param_groups[0]["lr"] / 2, anneal_epochs=5
+    ),
 }
 
 
