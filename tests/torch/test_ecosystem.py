@@ -1198,3 +1198,31 @@ def test_timm_state_dict_with_caution(step_path, name):
     _continue(params_a, opt_a, rest)
     for p, q in zip(params, params_a, strict=True):  # float64, two implementations
         assert (p - q).abs().max() <= REL_TOL[torch.float64] * q.abs().max()
+
+
+@subjects()
+def test_pcgrad_wrapper(name, step_path):
+    """pytorch-optimizer ``test_pc_grad_optimizers``: PCGrad projects two tasks' conflicting
+    gradients before the optimizer steps; two heads on one body train."""
+    from pytorch_optimizer import PCGrad
+
+    torch.manual_seed(0)
+    body, heads = torch.nn.Linear(4, 8), [torch.nn.Linear(8, 1) for _ in range(2)]
+    params = [*body.parameters(), *(p for h in heads for p in h.parameters())]
+    opt = PCGrad(build(name, step_path, params, lr=TRAIN_LR[family(name)]))
+    x = torch.randn(32, 4)
+    y = (x.sum(1, keepdim=True) > 0).float()
+
+    def losses():
+        z = torch.relu(body(x))
+        return [
+            torch.nn.functional.binary_cross_entropy_with_logits(heads[0](z), y),
+            torch.nn.functional.l1_loss(heads[1](z), y),
+        ]
+
+    first = sum(losses()).item()
+    for _ in range(10):
+        opt.zero_grad()
+        opt.pc_backward(losses())
+        opt.step()
+    assert sum(losses()).item() < first
