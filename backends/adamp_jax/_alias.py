@@ -1,7 +1,6 @@
 """``adamp`` and ``sgdp``: the building blocks chained with the learning rate, optax style."""
 
 import math
-from typing import Any
 
 import jax
 import optax
@@ -38,7 +37,7 @@ def adamp(
     *,
     channel_axis: ChannelAxis = None,
     mask: Mask = None,
-    mu_dtype: Any = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""AdamP (Heo et al., 2021): Adam without the radial update on scale-invariant weights.
 
@@ -110,7 +109,7 @@ def sgdp(
     project_buffer: bool = False,
     channel_axis: ChannelAxis = None,
     mask: Mask = None,
-    accumulator_dtype: Any = None,
+    accumulator_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SGDP (Heo et al., 2021): SGD with momentum without the radial update on
     scale-invariant weights.

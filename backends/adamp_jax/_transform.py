@@ -188,7 +188,7 @@ def scale_by_adamp(
     *,
     channel_axis: ChannelAxis = None,
     mask: Mask = None,
-    mu_dtype: Any = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by AdamP (A1-A8), without the learning rate.
 
@@ -286,7 +286,7 @@ def scale_by_sgdp(
     project_buffer: bool = False,
     channel_axis: ChannelAxis = None,
     mask: Mask = None,
-    accumulator_dtype: Any = None,
+    accumulator_dtype: jax.typing.DTypeLike | None = None,
 ) -> optax.GradientTransformation:
     r"""Rescales updates by SGDP (S1-S6), without the learning rate.
 

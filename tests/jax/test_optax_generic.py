@@ -233,9 +233,9 @@ def test_a_16_bit_first_moment_follows_the_float32_one(name, state_dtype):
     runs = []
     for dt in (None, state_dtype):
         opt = make(name, **{DTYPE_ARG[name]: dt})
-        p, s = params, opt.init(params)
+        p, s, step = params, opt.init(params), jax.jit(make_step(opt, objective))
         for _ in range(5):
-            p, s = jax.jit(make_step(opt, objective))(p, s)
+            p, s = step(p, s)
         runs.append(p)
         assert optax.tree.get(s, MOMENT[name])["w"].dtype == (dt or jnp.float32)
     for k in params:
