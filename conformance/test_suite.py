@@ -66,15 +66,15 @@ def test_module_attribute_driver_header_and_json_report(tmp_path):
     assert row["examples"] == 3 and row["verdict"] == "pass" and row["max_abs"] == 0.0
 
 
-# A wrong implementation written from the docs: AdamP without weight decay on projected weights
-# (r = 0 instead of wd_ratio), in a module of its own on PYTHONPATH.
+# A wrong implementation written from the docs: AdamP whose learning rate is 1% too large, so
+# that any example with a step shows it, in a module of its own on PYTHONPATH.
 _OUTSIDE_DRIVER = """
 from adamp_conformance import Driver, Output, Problem
 import adamp_core
 
 
-class NoDecayWhenProjected(Driver):
-    name = "no-decay-when-projected"
+class LrTooLarge(Driver):
+    name = "lr-too-large"
     version = "0"
 
     def run(self, problem: Problem):
@@ -85,7 +85,7 @@ class NoDecayWhenProjected(Driver):
             row = []
             for i, g in enumerate(grads):
                 h, axis = hp[i]
-                h = dict(h, wd_ratio=0.0)
+                h = dict(h, lr=h["lr"] * 1.01)
                 params[i], states[i] = adamp_core.adamp_step(
                     params[i], g, states[i], channel_axis=axis, **h
                 )
@@ -98,7 +98,7 @@ class NoDecayWhenProjected(Driver):
 def test_outside_driver_on_the_path_is_run_and_a_wrong_one_fails_with_a_replay(tmp_path):
     (tmp_path / "my_adamp_driver.py").write_text(_OUTSIDE_DRIVER)
     out = _pytest(
-        "--backend=my_adamp_driver:NoDecayWhenProjected",
+        "--backend=my_adamp_driver:LrTooLarge",
         "--dtype=float64",
         "-k",
         "test_trajectory and adamp-float64",
@@ -106,7 +106,7 @@ def test_outside_driver_on_the_path_is_run_and_a_wrong_one_fails_with_a_replay(t
     )
     text = out.stdout + out.stderr
     assert out.returncode == 1, text[-3000:]
-    assert "conformance: backend my_adamp_driver:NoDecayWhenProjected" in text
+    assert "conformance: backend my_adamp_driver:LrTooLarge" in text
     replay = re.search(r"reproduce: (python -m \S+ --backend=\S+ (\"Case\(.*\)\"))", text)
     assert replay, text[-3000:]
     assert replay.group(1).startswith(f"python -m {PACKAGE}.repro ")
@@ -117,7 +117,7 @@ def test_outside_driver_on_the_path_is_run_and_a_wrong_one_fails_with_a_replay(t
             sys.executable,
             "-m",
             f"{PACKAGE}.repro",
-            "--backend=my_adamp_driver:NoDecayWhenProjected",
+            "--backend=my_adamp_driver:LrTooLarge",
             case,
         ],
         cwd=tmp_path,
@@ -127,6 +127,18 @@ def test_outside_driver_on_the_path_is_run_and_a_wrong_one_fails_with_a_replay(t
         timeout=300,
     )
     assert again.returncode == 1 and "FAIL" in again.stdout, again.stdout + again.stderr
+    # Listed with its reason in an xfails file, the same failure is expected: the run passes.
+    xfails = tmp_path / "lr.xfails"
+    xfails.write_text("test_trajectory[adamp-float64]  its learning rate is 1% too large\n")
+    out = _pytest(
+        "--backend=my_adamp_driver:LrTooLarge",
+        "--dtype=float64",
+        f"--xfails-file={xfails}",
+        "-k",
+        "test_trajectory and adamp-float64",
+        pythonpath=str(tmp_path),
+    )
+    assert out.returncode == 0 and "1 xfailed" in out.stdout, out.stdout[-3000:]
 
 
 def test_xfails_file_is_strict_reports_stale_entries_and_needs_reasons(tmp_path):

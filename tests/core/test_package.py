@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -18,7 +19,7 @@ FORBIDDEN_TOP_LEVEL = {"backends", "conformance", "tests", "examples", "benchmar
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> zipfile.ZipFile:
+def wheel_path(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(out), str(ROOT)],
@@ -26,7 +27,12 @@ def wheel(tmp_path_factory) -> zipfile.ZipFile:
         capture_output=True,
     )
     (path,) = out.glob("adamp_core-*.whl")
-    return zipfile.ZipFile(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wheel(wheel_path) -> zipfile.ZipFile:
+    return zipfile.ZipFile(wheel_path)
 
 
 def test_wheel_holds_only_the_import_packages(wheel):
@@ -68,3 +74,72 @@ def test_editable_install_is_static_paths():
     for line in pths[0].read_text().splitlines():
         assert not line.startswith("import"), f"import hook in {pths[0]}: {line}"
         assert Path(line).is_dir(), line
+
+
+def test_installed_conformance_suite_runs_from_an_empty_folder(wheel_path, tmp_path):
+    """The wheel, installed in a fresh virtual environment, gives the command adamp-conformance,
+    which runs outside any checkout: the numpy backend, and the suite's own command-line tests
+    (an outside driver module on PYTHONPATH, a wrong one failing with a replay command that
+    replays, an xfails file honoured, strict and checked for stale patterns).
+
+    To stay cheap, the wheel is installed with --no-deps, and the dependencies (numpy, pytest,
+    hypothesis) come from this environment's site-packages as a plain path entry: its .pth files
+    are not processed, so the checkout's folders (the editable install) are not importable
+    there, which the test checks. A full install with the [conformance] extra from the package
+    index is the same apart from where those three packages come from.
+    """
+    pip = (sys.executable, "-m", "pip")
+    selection = "test_outside or test_xfails or (test_trajectory and sgdp-paper-buffer-float32)"
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [
+            *pip,
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel_path),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    ours = next(p for p in sys.path if p.endswith("site-packages") and Path(p, "numpy").is_dir())
+    (Path(site) / "_deps_from_the_test_environment.pth").write_text(ours + "\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["CONFORMANCE_CI_EXAMPLES"] = "3"
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import adamp_conformance, adamp_core, importlib.util as u; "
+            "print(adamp_conformance.__file__, adamp_core.__file__, u.find_spec('conformance'))",
+        ],
+        cwd=empty,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    assert all(w.startswith(str(venv)) for w in where[:2]) and where[2] == "None", where
+    out = subprocess.run(
+        [str(venv / "bin" / "adamp-conformance"), "--backend=numpy", "-q", "-k", selection],
+        cwd=empty,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert "conformance: backend numpy" in out.stdout and "3 passed" in out.stdout
