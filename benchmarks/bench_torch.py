@@ -17,15 +17,24 @@ between steps besides its state are printed apart ("kept"), since they count in 
 
 Run: ``python benchmarks/bench_torch.py`` (about 3 minutes on 2 cores). ``--compile`` adds the
 ``torch.compile(opt.step)`` rows (cold compile included; several more minutes).
+
+``--sets resnet50,bias300,small160`` instead times eager steps (and with ``--compile``,
+compiled ones) on shape sets of small models as well: 300 tensors of (128,), 160 of (64, 32),
+and ResNet-50's, each idle and, with ``--busy``, with one competing busy process per core
+(started and stopped by the script: data-loader workers or other ranks on a training host).
+Each row is ``adamp_torch`` with automatic choice of its implementation, and with
+``impl="foreach"``, as ratios to the baselines of the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -80,6 +89,91 @@ def make_problem(kind: str, grads: list[torch.Tensor] | None = None, seed: int =
     return params, out_grads
 
 
+SHAPE_SETS = {
+    "resnet50": lambda: [shape for shape, _ in resnet50_shapes()],
+    "bias300": lambda: [(128,)] * 300,  # a model's biases and norms: never tested (D4)
+    "small160": lambda: [(64, 32)] * 160,  # small linear layers
+}
+
+
+def make_set(shapes, grads: list[torch.Tensor] | None = None, seed: int = 0):
+    """Parameters of the given shapes (same values for every optimizer) and random grads."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.05) for s in shapes]
+    if grads is None:
+        grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g
+    return params, grads
+
+
+class Busy:
+    """One busy process per core while in the ``with`` block (``enabled``), stopped after."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.procs = enabled, []
+
+    def __enter__(self) -> Busy:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # __exit__ runs on kill
+            code = "while True: pass"
+            self.procs = [
+                subprocess.Popen([sys.executable, "-c", code]) for _ in range(os.cpu_count() or 1)
+            ]
+            time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.kill()
+        for proc in self.procs:
+            proc.wait()
+
+
+SET_ROWS = (
+    "AdamW(foreach=True)",
+    "adamp_torch.AdamP",
+    "adamp_torch.AdamP(impl='foreach')",
+    "SGD(momentum=0.9, foreach=True)",
+    "adamp_torch.SGDP",
+    "adamp_torch.SGDP(impl='foreach')",
+)
+
+
+def set_table(sets: list[str], busy: bool, rounds: int, compiled: bool) -> None:
+    """Step time on each shape set, idle and (``busy``) under load, as ratios to the
+    baselines of the same set, load and mode; printed as each is measured."""
+    opts = optimizers()
+    loads = ["idle", "busy"] if busy else ["idle"]
+    modes = [False, True] if compiled else [False]
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
+        f"{os.cpu_count()} cores, load average before: {os.getloadavg()[0]:.2f}, median of "
+        f"{rounds} rounds; adamp_torch: {native_path()}"
+    )
+    head = f"| {'optimizer':34} | {'set':9} | {'mode':8} | {'load':4} | {'ms':>7} | {'ratio':>5} |"
+    print(head)
+    print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|", flush=True)
+    for name in sets:
+        shapes = SHAPE_SETS[name]()
+        numel = sum(math.prod(s) for s in shapes)
+        reps = max(1, min(50, 2_000_000 // numel))  # about 2M elements per timed round
+        for mode in modes:
+            rows = [r for r in SET_ROWS if not mode or "impl=" not in r]
+            for load in loads:
+                with Busy(load == "busy"):
+                    time_rows(rows, "random", 1, mode, shapes, reps)  # warm
+                    res = time_rows(rows, "random", rounds, mode, shapes, reps)
+                for row, r in res.items():
+                    base = res[BASELINE[opts[row][0]]]
+                    print(
+                        f"| {row:34} | {name:9} | {'compiled' if mode else 'eager':8} | "
+                        f"{load:4} | {r['ms']:7.3f} | {r['ms'] / base['ms']:5.2f} |",
+                        flush=True,
+                    )
+    print("ratio: median wall time over the baseline's of the same set, mode and load.")
+
+
 def _status(key: str) -> int:
     with open("/proc/self/status") as f:
         return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
@@ -116,12 +210,19 @@ def optimizers() -> dict[str, tuple[str, object]]:
 
     lr, wd = 1e-3, 1e-2
     return {
-        "AdamW(foreach=True)": ("adam", lambda p: torch.optim.AdamW(p, lr, weight_decay=wd)),
+        "AdamW(foreach=True)": (
+            "adam",
+            lambda p: torch.optim.AdamW(p, lr, weight_decay=wd, foreach=True),
+        ),
         "AdamW(fused=True)": (
             "adam",
             lambda p: torch.optim.AdamW(p, lr, weight_decay=wd, fused=True),
         ),
         "adamp_torch.AdamP": ("adam", lambda p: adamp_torch.AdamP(p, lr, weight_decay=wd)),
+        "adamp_torch.AdamP(impl='foreach')": (
+            "adam",
+            lambda p: adamp_torch.AdamP(p, lr, weight_decay=wd, impl="foreach"),
+        ),
         "adamp.AdamP 0.3.0 (official)": ("adam", lambda p: adamp.AdamP(p, lr, weight_decay=wd)),
         "pytorch_optimizer.AdamP": (
             "adam",
@@ -132,6 +233,10 @@ def optimizers() -> dict[str, tuple[str, object]]:
             lambda p: torch.optim.SGD(p, 0.1, momentum=0.9, weight_decay=wd, foreach=True),
         ),
         "adamp_torch.SGDP": ("sgd", lambda p: adamp_torch.SGDP(p, 0.1, 0.9, weight_decay=wd)),
+        "adamp_torch.SGDP(impl='foreach')": (
+            "sgd",
+            lambda p: adamp_torch.SGDP(p, 0.1, 0.9, weight_decay=wd, impl="foreach"),
+        ),
         "adamp.SGDP 0.3.0 (official)": ("sgd", lambda p: adamp.SGDP(p, 0.1, 0.9, weight_decay=wd)),
         "pytorch_optimizer.SGDP": (
             "sgd",
@@ -150,8 +255,11 @@ BASELINE = {"adam": "AdamW(foreach=True)", "sgd": "SGD(momentum=0.9, foreach=Tru
 KINDS = ("random", "scale-invariant")
 
 
-def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[str, dict]:
-    """Median wall / CPU ms per step of each row, stepped in turn, round after round."""
+def time_rows(
+    names: list[str], kind: str, rounds: int, compiled: bool, shapes=None, reps: int = 1
+) -> dict[str, dict]:
+    """Median wall / CPU ms per step of each row, stepped in turn, round after round (``reps``
+    steps per round). ``shapes``: a shape set's shapes instead of ResNet-50's."""
     opts = optimizers()
     steps, grads, cold = {}, None, {}
     if compiled:
@@ -160,7 +268,10 @@ def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[
         # Dynamo's recompile limit (8), after which steps silently run uncompiled.
         torch._dynamo.reset()
     for name in names:
-        params, grads = make_problem(kind, grads)
+        if shapes is None:
+            params, grads = make_problem(kind, grads)
+        else:
+            params, grads = make_set(shapes, grads)
         opt = opts[name][1](params)
         step = torch.compile(opt.step) if compiled else opt.step
         t0 = time.perf_counter()
@@ -173,9 +284,10 @@ def time_rows(names: list[str], kind: str, rounds: int, compiled: bool) -> dict[
     for _ in range(rounds):
         for name in names:
             w0, c0 = time.perf_counter(), time.process_time()
-            steps[name]()
-            wall[name].append(1e3 * (time.perf_counter() - w0))
-            cpu[name].append(1e3 * (time.process_time() - c0))
+            for _ in range(reps):
+                steps[name]()
+            wall[name].append(1e3 * (time.perf_counter() - w0) / reps)
+            cpu[name].append(1e3 * (time.process_time() - c0) / reps)
     return {
         n: {
             "ms": statistics.median(wall[n]),
@@ -235,6 +347,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="add the torch.compile rows")
     ap.add_argument("--only", default="", help="comma-separated row names (baselines added)")
     ap.add_argument("--kinds", default=",".join(KINDS), help="gradient kinds to run")
+    ap.add_argument("--sets", default="", help="shape sets: " + ",".join(SHAPE_SETS))
+    ap.add_argument("--busy", action="store_true", help="--sets also with a busy process per core")
     ap.add_argument("--memory-of", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_of:
@@ -243,6 +357,9 @@ def main() -> None:
         env = dict(os.environ, **TIMING_MALLOC)
         os.execve(sys.executable, [sys.executable, __file__, *sys.argv[1:]], env)
     torch.set_num_threads(2)
+    if args.sets:
+        sets = [s for s in args.sets.split(",") if s]
+        return set_table(sets, args.busy, args.rounds, args.compile)
     opts = optimizers()
     only = {s for s in args.only.split(",") if s}
     names = [n for n, (fam, _) in opts.items() if not only or n in only or BASELINE[fam] == n]

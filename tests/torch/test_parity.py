@@ -8,6 +8,7 @@ checks that the view adamp_torch reports is the reference's decision at every st
 
 from __future__ import annotations
 
+import pathlib
 import zlib
 
 import adamp
@@ -297,3 +298,118 @@ def test_sgdp_paths_equal_reference(step_path, hp, branch):
     for t, ((rp, rs), (op, ost, _)) in enumerate(zip(ref, ours, strict=True)):
         assert rel_err(op, rp) <= REL_TOL[torch.float64], f"param differs at step {t + 1}"
         assert rel_err(ost["momentum"], rs.momentum_buffer) <= REL_TOL[torch.float64]
+
+
+# ----------------------------------------------------------------------------- the table
+
+DOCS = pathlib.Path(__file__).parents[2] / "docs" / "torch.md"
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+          "bfloat16": torch.bfloat16}  # fmt: skip
+
+
+def implementation_table() -> list[tuple[str, str, str, str, str]]:
+    """The cells (impl, mode, device, dtype, layout) of docs/torch.md's implementation table."""
+    lines = DOCS.read_text().split("<!-- implementation table")[1].splitlines()[3:]
+    cells = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        impl, mode, devices, dtypes, layouts = (c.strip() for c in line.strip("|").split("|"))
+        for device in devices.split(", "):
+            for dtype in dtypes.split(", "):
+                for layout in layouts.split(", "):
+                    cells.append((impl.strip('`"'), mode, device, dtype, layout))
+    return cells
+
+
+TABLE = implementation_table()
+
+
+def _laid_out(x: np.ndarray, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    t = torch.tensor(x).to(device=device, dtype=dtype)
+    if t.dim() != 4:
+        return t
+    if layout == "channels_last":
+        return t.to(memory_format=torch.channels_last)
+    if layout == "strided":  # reversed strides: neither contiguous nor channels_last
+        return t.permute(3, 2, 1, 0).contiguous().permute(3, 2, 1, 0)
+    return t
+
+
+def _cell_params(cell):
+    """A table cell as pytest params; compiled cells but bfloat16 ones are slow, CUDA cells need
+    a device, DTensor cells run in test_distributed.py."""
+    _, mode, device, dtype, layout = cell
+    marks = []
+    if mode == "compiled" and dtype != "bfloat16":
+        marks.append(pytest.mark.slow)
+    if device == "cuda":
+        marks.append(pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+    if layout == "dtensor":
+        marks.append(pytest.mark.skip(reason="DTensor cells: tests/torch/test_distributed.py"))
+    return pytest.param(*cell, id="-".join(cell), marks=marks)
+
+
+def test_the_table_is_read():
+    assert len(TABLE) == 2 * 8 + 2 * 2 * 4 * 4 - 2 * 4  # what the page lists today
+    assert ("native", "eager", "cpu", "float32", "channels_last") in TABLE
+    assert ("foreach", "compiled", "cuda", "bfloat16", "strided") in TABLE
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+@pytest.mark.parametrize("impl,mode,device,dtype,layout", [_cell_params(c) for c in TABLE])
+def test_every_cell_of_the_implementation_table(impl, mode, device, dtype, layout, name):
+    """Each cell steps a group (a tested 4-D weight in the cell's layout, a 1-D one) under
+    ``impl=`` and follows the reference computed in the cell's compute dtype; the native step
+    is named, so a cell it cannot take would raise."""
+    if impl == "native" and _native_missing():
+        pytest.skip("the C library is not built here")
+    torch_dtype = DTYPES[dtype]
+    hp = HYPER[name][1]
+    rng = np.random.default_rng(_seed("table", impl, mode, device, dtype, layout, name))
+    p0 = [rng.standard_normal((8, 3, 3, 3)), rng.standard_normal(8)]
+    grads = [
+        [branch_gradient(p0[0], rng, BRANCHES[t % 3]), rng.standard_normal(8)] for t in range(3)
+    ]
+    ps = [torch.nn.Parameter(_laid_out(p, layout, torch_dtype, device)) for p in p0]
+    as_np = [p.detach().to(torch.float64).cpu().numpy().copy() for p in ps]  # in the dtype
+    gs = [[_laid_out(g, layout, torch_dtype, device) for g in gt] for gt in grads]
+    gs_np = [[g.to(torch.float64).cpu().numpy() for g in gt] for gt in gs]
+    if torch_dtype == torch.float32:  # the reference computes in float32 for float32 input
+        as_np = [a.astype(np.float32) for a in as_np]
+    opt = make(name, ps, impl=impl, **hp)
+    step = opt.step
+    if mode == "compiled":
+        torch._dynamo.reset()
+        step = torch.compile(opt.step, fullgraph=True)
+    for gt in gs:
+        for p, g in zip(ps, gt, strict=True):
+            p.grad = g.clone()
+        step()
+        assert ps[0].stride() == gs[0][0].stride()  # the layout is kept
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5}.get(torch_dtype, 3 * REL_TOL[torch_dtype])
+    for i, (p, a) in enumerate(zip(ps, as_np, strict=True)):
+        ref = reference_trajectory(name, a, [gt[i] for gt in gs_np], **hp)[-1][0]
+        assert rel_err(p.detach().to(torch.float64).cpu().numpy(), ref) <= tol, i
+
+
+def _native_missing() -> bool:
+    from adamp_torch import _native
+
+    return _native.library() is None
+
+
+def test_native_refuses_what_the_table_leaves_out():
+    """Cells outside the table: the native step raises naming the reason (the automatic
+    choice steps them with torch ops, as the cells above show)."""
+    if _native_missing():
+        pytest.skip("the C library is not built here")
+    x = np.random.default_rng(0).standard_normal((8, 3, 3, 3))
+    for t, why in [
+        (_laid_out(x, "strided", torch.float64, "cpu"), "neither contiguous"),
+        (torch.tensor(x, device="meta"), "meta"),
+    ]:
+        p = torch.nn.Parameter(t)
+        p.grad = torch.ones_like(t)
+        with pytest.raises(ValueError, match=why):
+            make("adamp", [p], impl="native").step()
