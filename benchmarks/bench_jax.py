@@ -5,7 +5,10 @@ of ``adamp_jax.sgdp`` relative to ``optax.sgd(momentum=0.9)``, all measured in t
 random gradients and with scale-invariant ones (each conv kernel's gradient orthogonal to its
 output channels, as behind BatchNorm, so the channel view fires). Every step is one ``jax.jit``
 call with the params and the optimizer state donated. Memory is XLA's own account of the
-compiled step (``memory_analysis``): optimizer state, and temporary buffers at the peak.
+compiled step (``memory_analysis``): optimizer state, and temporary buffers at the peak; traffic
+is its count of bytes read and written per step (``cost_analysis``), which does not depend on
+the machine's load: the number of passes over the arrays, summed. ``mu_dtype=bfloat16`` shows
+AdamP with a bfloat16 first moment.
 The header names ``XLA_FLAGS``: docs/benchmarks.md has runs with XLA's default CPU scheduler and
 with ``--xla_cpu_enable_concurrency_optimized_scheduler=false``.
 
@@ -68,10 +71,17 @@ def make_problem(kind: str, seed: int = 0):
 OPTIMIZERS = {
     "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
     "adamp_jax.adamp": lambda: adamp_jax.adamp(1e-3, weight_decay=1e-2),
+    "adamp_jax.adamp(mu_dtype=bfloat16)": lambda: adamp_jax.adamp(
+        1e-3, weight_decay=1e-2, mu_dtype="bfloat16"
+    ),
     "optax.sgd(momentum=0.9)": lambda: optax.sgd(0.1, momentum=0.9),
     "adamp_jax.sgdp": lambda: adamp_jax.sgdp(0.1, momentum=0.9, weight_decay=1e-5),
 }
-BASELINE = {"adamp_jax.adamp": "optax.adamw", "adamp_jax.sgdp": "optax.sgd(momentum=0.9)"}
+BASELINE = {
+    "adamp_jax.adamp": "optax.adamw",
+    "adamp_jax.adamp(mu_dtype=bfloat16)": "optax.adamw",
+    "adamp_jax.sgdp": "optax.sgd(momentum=0.9)",
+}
 
 
 def compiled_step(opt, params, grads):
@@ -81,9 +91,10 @@ def compiled_step(opt, params, grads):
 
     state = opt.init(params)
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
-    mem = compiled.memory_analysis()
+    mem, cost = compiled.memory_analysis(), compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # a list of one dict in older jax
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    return compiled, state, state_bytes, mem.temp_size_in_bytes
+    return compiled, state, state_bytes, mem.temp_size_in_bytes, cost["bytes accessed"]
 
 
 def bench(kind: str, steps: int, rounds: int) -> dict[str, dict]:
@@ -91,11 +102,13 @@ def bench(kind: str, steps: int, rounds: int) -> dict[str, dict]:
     runs = {}
     for name, make in OPTIMIZERS.items():
         params = jax.tree.map(jnp.copy, params0)
-        compiled, state, state_bytes, temp = compiled_step(make(), params, grads)
+        compiled, state, state_bytes, temp, traffic = compiled_step(make(), params, grads)
         params, state = compiled(params, state, grads)  # warm-up
         jax.block_until_ready(params)
         runs[name] = {"fn": compiled, "carry": (params, state), "times": []}
-        runs[name].update(state_mb=state_bytes / 2**20, temp_mb=temp / 2**20)
+        runs[name].update(
+            state_mb=state_bytes / 2**20, temp_mb=temp / 2**20, traffic_mb=traffic / 2**20
+        )
     for _ in range(rounds):  # interleaved, so that drift of the machine hits all alike
         for run in runs.values():
             params, state = run["carry"]
@@ -121,8 +134,11 @@ def main() -> None:
         f"{RESNET50_PARAMS:,} float32 params, median of {args.steps * args.rounds} steps, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n"
     )
-    print("| gradients | optimizer | step (ms) | ratio to baseline | state (MiB) | temp (MiB) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(
+        "| gradients | optimizer | step (ms) | ratio to baseline | state (MiB) | temp (MiB) "
+        "| traffic (MiB) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
     for kind in ("random", "scale-invariant"):
         runs = bench(kind, args.steps, args.rounds)
         for name, run in runs.items():
@@ -130,7 +146,7 @@ def main() -> None:
             ratio = f"{run['median_ms'] / runs[base]['median_ms']:.2f}x" if base else "1 (baseline)"
             print(
                 f"| {kind} | {name} | {run['median_ms']:.1f} | {ratio} | "
-                f"{run['state_mb']:.0f} | {run['temp_mb']:.0f} |"
+                f"{run['state_mb']:.0f} | {run['temp_mb']:.0f} | {run['traffic_mb']:.0f} |"
             )
 
 

@@ -253,7 +253,10 @@ def _adamp(
         dt = compute_dtype(dtype)  # D9
         g, p = g.astype(dt), p.astype(dt)
         tf = t.astype(dt)
-        m = m0.astype(dt) * b1 + (1 - b1) * g  # A2
+        # A2, rounded to mu_dtype (a no-op by default): the m the step uses is the m stored, and
+        # XLA keeps no float32 copy of it (ResNet-50 shapes, mu_dtype=bfloat16: temporaries
+        # 146 -> 98 MiB, traffic 1999 -> 1804 MiB per step)
+        m = (m0.astype(dt) * b1 + (1 - b1) * g).astype(m0.dtype).astype(dt)
         v = v0.astype(dt) * b2 + (1 - b2) * (g * g)  # A3
         den = jnp.sqrt(v) / jnp.sqrt(bias_correction(b2, tf)) + eps  # A4, D5: eps after it
         u = (b1 * m + (1 - b1) * g) / den if nesterov else m / den  # A5, D5: updated m
@@ -347,6 +350,7 @@ def _sgdp(
         dt = compute_dtype(dtype)  # D9
         g, p = g.astype(dt), p.astype(dt)
         b = buf.astype(dt) * momentum + (1 - dampening) * g  # S1
+        b = b.astype(buf.dtype).astype(dt)  # as stored (accumulator_dtype), as m in AdamP
         u = g + momentum * b if nesterov else b  # S2
         u, r, _ = project(p, g, u, eps=eps, delta=delta, wd_ratio=wd_ratio, channel_axis=axis)
         out = u  # S5 without -lr
