@@ -1,10 +1,11 @@
 """Part 3 through Keras 3: the same CNN as a ``keras.Sequential``, trained with ``model.fit``.
 
-Keras kernels are ``(kh, kw, in, out)`` and ``(in, out)``: the adapter's default
-``channel_axis=-1`` (D3). The projection share comes from the adapter's own counters
-(``track_projection=True``). Baselines: ``keras.optimizers.SGD`` with torch's coupled L2 decay
-(an L2 regulariser of ``wd / 2`` on every variable adds ``wd * w`` to each gradient), and
-``keras.optimizers.AdamW``. Runs on whichever Keras backend is configured.
+Keras kernels are ``(kh, kw, in, out)`` and ``(in, out)``: the adapter's default channel axis,
+taken from the owning ``Conv2D`` and ``Dense`` layers, is the last one (D3). The projection
+share comes from the adapter's own counters (``track_projection=True``). Baselines:
+``keras.optimizers.SGD`` with torch's coupled L2 decay (an L2 regulariser of ``wd / 2`` on every
+variable adds ``wd * w`` to each gradient), and ``keras.optimizers.AdamW``. Runs on whichever
+Keras backend is configured.
 """
 
 from __future__ import annotations

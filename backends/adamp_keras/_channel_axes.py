@@ -32,6 +32,22 @@ def _layer_axes(layer) -> dict[int, int]:
     return out
 
 
+def _collect(root, wanted, found, seen_layers) -> None:
+    """Adds the axes that ``root`` and its sublayers give the ``wanted`` variables to ``found``."""
+    try:
+        layers = root._flatten_layers(include_self=True, recursive=True)
+    except AttributeError:  # a layer whose __init__ has not reached Layer.__init__ yet
+        return
+    for layer in layers:
+        if id(layer) in seen_layers:
+            continue
+        seen_layers.add(id(layer))
+        special = _layer_axes(layer)
+        for v in layer._trainable_variables:
+            if id(v) in wanted:
+                found.setdefault(id(v), set()).add(special.get(id(v), -1))
+
+
 def owner_axes(variables) -> dict[int, int]:
     """``{id(variable): axis}`` for the variables of ``ndim >= 2`` owned by a layer of the table.
 
@@ -55,16 +71,8 @@ def owner_axes(variables) -> dict[int, int]:
             # type(), not isinstance(): no attribute of an arbitrary object is read
             roots = [o for o in list(namespace.values()) if issubclass(type(o), keras.Layer)]
             for root in roots:
-                if id(root) in seen_layers:
-                    continue
-                for layer in root._flatten_layers(include_self=True, recursive=True):
-                    if id(layer) in seen_layers:
-                        continue
-                    seen_layers.add(id(layer))
-                    special = _layer_axes(layer)
-                    for v in layer._trainable_variables:
-                        if id(v) in wanted:
-                            found.setdefault(id(v), set()).add(special.get(id(v), -1))
+                if id(root) not in seen_layers:
+                    _collect(root, wanted, found, seen_layers)
         frame = frame.f_back
     return {k: axes.pop() for k, axes in found.items() if len(axes) == 1 and -1 not in axes}
 

@@ -127,7 +127,10 @@ def project(p, g, u, *, axis: int, delta: float, wd_ratio: float, eps: float, g2
     def cosine(gp, gg, pp):  # (P2), D1, D2
         return ops.abs(gp) / (ops.maximum(ops.sqrt(gg), eps) * ops.maximum(ops.sqrt(pp), eps))
 
-    fired_c = ops.max(cosine(gp, gg, pp)) < delta / math.sqrt(n_channel)  # P3, channel view
+    # P3, channel view: max(cos) < threshold, written as "every row below it" so that a NaN
+    # cosine (inf / inf at the dtype's edges, D10) keeps the view from firing, as NumPy's
+    # NaN-propagating max does; TensorFlow's reduce_max and XLA's may drop NaN.
+    fired_c = ops.all(cosine(gp, gg, pp) < delta / math.sqrt(n_channel))
     fired_l = ops.logical_and(  # P3, layer view, tried only if the channel view did not fire
         ops.logical_not(fired_c), cosine(gp_l, gg_l, pp_l) < delta / math.sqrt(n_layer)
     )
