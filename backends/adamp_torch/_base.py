@@ -143,28 +143,36 @@ class ProjectionOptimizer(torch.optim.Optimizer):
                 loss = closure()
         name = type(self).__name__
         work = []
+        keys, state = self._state_keys, self.state
         for index, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                _kernel.check_step_param(
-                    p, self.state[p], self._state_keys, group["channel_axis"], name
-                )
-            if params:
-                work.append((group, params, self._choose(index, group, params)))
+            if not params:
+                continue
+            grads, states = [p.grad for p in params], [state[p] for p in params]
+            axis = group["channel_axis"]
+            for p, st in zip(params, states, strict=True):
+                _kernel.check_step_param(p, st, keys, axis, name)
+            impl = self._choose(index, group, params, grads, states)
+            work.append((group, params, grads, states, impl))
         if self.track_views:
             self.last_views = {}
-        for group, params, impl in work:
-            for p in params:
-                if len(self.state[p]) == 0:
-                    self._init_state(p, self.state[p])
-            states = [self.state[p] for p in params]
-            impl.step(self, group, params, [p.grad for p in params], states)
+        for group, params, grads, states, impl in work:
+            for p, st in zip(params, states, strict=True):
+                if len(st) == 0:
+                    self._init_state(p, st)
+            impl.step(self, group, params, grads, states)
         return loss
 
-    def _choose(self, index: int, group: dict[str, Any], params: list[Tensor]) -> Implementation:
+    def _choose(
+        self,
+        index: int,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: list[dict[str, Any]],
+    ) -> Implementation:
         """The one place where a param group's implementation is chosen: the one ``impl``
         names (an error if it cannot take the group), or the first of ``IMPLS`` that can."""
-        grads, states = [p.grad for p in params], [self.state[p] for p in params]
         asked = group.get("impl")
         for name in (asked,) if asked is not None else IMPLS:
             impl = IMPLEMENTATIONS[name]

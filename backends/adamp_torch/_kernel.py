@@ -48,7 +48,12 @@ def _dtensor_type() -> type | None:
     return getattr(mod, "DTensor", None) if mod is not None else None
 
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
 def is_dtensor(x: Tensor) -> bool:
+    if type(x) in _PLAIN:  # the common case, without the module lookup (steps of small models)
+        return False
     cls = _dtensor_type()
     return cls is not None and isinstance(x, cls)
 
@@ -91,29 +96,37 @@ def check_step_param(
     DTensor-ness. A state tensor must have the param's shape, its compute dtype (D9) and
     device, as ``load_state_dict`` leaves it; one left behind by ``model.double()`` or
     ``model.to(device)`` after the state was made is an error, not converted silently."""
+    # Written for speed (a small model has hundreds of params): the shared checks of
+    # adamp_core run only where they will raise.
     g = p.grad
-    if g.layout != torch.strided or p.layout != torch.strided:
+    strided = torch.strided
+    if g.layout != strided or p.layout != strided:
         raise RuntimeError(
             f"{opt_name} does not support sparse gradients or parameters (layout {g.layout})"
         )
-    check_grad_shape(tuple(p.shape), tuple(g.shape))
-    if g.dtype != p.dtype or g.device != p.device or is_dtensor(g) != is_dtensor(p):
+    shape, p_dtype, device = p.shape, p.dtype, p.device
+    if g.shape != shape:
+        check_grad_shape(tuple(shape), tuple(g.shape))
+    dt = is_dtensor(p)
+    if g.dtype != p_dtype or g.device != device or is_dtensor(g) != dt:
         raise ValueError(
             f"grad dtype/device ({g.dtype}, {g.device}{', DTensor' * is_dtensor(g)}) does not "
-            f"match param ({p.dtype}, {p.device}{', DTensor' * is_dtensor(p)})"
+            f"match param ({p_dtype}, {device}{', DTensor' * dt})"
         )
-    check_channel_axis(channel_axis, tuple(p.shape))
-    dtype = compute_dtype(p.dtype)
+    ndim = len(shape)
+    if ndim >= 2 and not (type(channel_axis) is int and -ndim <= channel_axis < ndim):
+        check_channel_axis(channel_axis, tuple(shape))
+    dtype = torch.float64 if p_dtype == torch.float64 else torch.float32  # compute_dtype
     for key in state_keys:
-        if key not in state:
+        s = state.get(key)
+        if s is None:
             continue
-        s = state[key]
-        if not isinstance(s, Tensor) or tuple(s.shape) != tuple(p.shape):
-            shape = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
+        if not isinstance(s, Tensor) or s.shape != shape:
+            got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
             raise ValueError(
-                f"state[{key!r}] shape {shape} does not match param shape {tuple(p.shape)}"
+                f"state[{key!r}] shape {got} does not match param shape {tuple(shape)}"
             )
-        if s.dtype != dtype or s.device != p.device or is_dtensor(s) != is_dtensor(p):
+        if s.dtype != dtype or s.device != device or is_dtensor(s) != dt:
             raise ValueError(
                 f"{opt_name}: state[{key!r}] is ({s.dtype}, {s.device}"
                 f"{', DTensor' * is_dtensor(s)}) but its param ({p.dtype}, {p.device}"
@@ -121,7 +134,7 @@ def check_step_param(
                 "converted or moved after its state was made (model.double(), model.to(...)); "
                 "reload the state with opt.load_state_dict(opt.state_dict()) to convert it"
             )
-        if s.layout != torch.strided:
+        if s.layout != strided:
             raise ValueError(f"{opt_name}: state[{key!r}] has layout {s.layout}, not strided")
 
 

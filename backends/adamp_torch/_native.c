@@ -241,7 +241,7 @@ STEP_KERNELS(double, f64, sqrt)
  * thread below 32768 elements). Results do not depend on the split: every row is summed by one
  * thread, in one order, whatever the thread count. */
 #define SPLIT_NUMEL ((int64_t)1 << 17)
-#define GRAIN ((int64_t)1 << 16)
+#define GRAIN ((int64_t)1 << 18)
 
 typedef struct {
     const hyper_t *h;

@@ -39,7 +39,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from adamp_core import check_channel_axis
 from adamp_torch import _kernel
 
 SOURCE = Path(__file__).with_name("_native.c")
@@ -222,18 +221,6 @@ def _dense(x: Tensor) -> bool:
     return fmt is not None and x.is_contiguous(memory_format=fmt)
 
 
-def _plain(x: Tensor) -> bool:
-    """A dense CPU tensor whose memory C reads as it is (no DTensor, no negative bit; real
-    tensors carry no conjugate bit). Dynamo cannot trace ``is_neg``: under torch.compile the
-    graph's inputs are materialised tensors."""
-    return (
-        x.device.type == "cpu"
-        and x.layout == torch.strided
-        and not _kernel.is_dtensor(x)
-        and (torch.compiler.is_compiling() or not x.is_neg())
-    )
-
-
 def why_not(
     channel_axis: Any,
     ps: Sequence[Tensor],
@@ -248,38 +235,49 @@ def why_not(
     and, for every param, its grad and its state tensors: plain CPU tensors (not DTensor, not
     meta), params and grads of one float32 or float64 dtype or 16-bit (stepped in float32
     copies), state in the compute dtype (D9), each param tested along dim 0 or untested (D4),
-    and grad and state laid out as the param, contiguous or channels_last."""
+    and grad and state laid out as the param, contiguous or channels_last. Written for speed:
+    a small model has hundreds of params, and this runs at every step."""
     if disabled():
         return f"disabled by ADAMP_TORCH_NATIVE={os.environ['ADAMP_TORCH_NATIVE']}"
-    if (_lib if torch.compiler.is_compiling() else library()) is None:
-        return status() if not torch.compiler.is_compiling() else "the C step is not loaded"
+    compiling = torch.compiler.is_compiling()
+    if (_lib if compiling else library()) is None:
+        return status() if not compiling else "the C step is not loaded"
     dtype = ps[0].dtype
     state_dtype = _kernel.compute_dtype(dtype)
+    strided = torch.strided
     for i, p in enumerate(ps):
-        if not (_plain(p) and _plain(gs[i])):
-            where = p if not _plain(p) else gs[i]
-            kind = "DTensor" if _kernel.is_dtensor(where) else f"{where.device} {where.layout}"
-            return f"parameter {i} or its grad is a {kind} tensor (it takes plain CPU tensors)"
-        if p.dtype != dtype or gs[i].dtype != dtype:
+        g = gs[i]
+        if p.dtype != dtype or g.dtype != dtype:
             return f"parameter {i} or its grad is not {dtype} (one dtype per group)"
-        if p.numel() and check_channel_axis(channel_axis, tuple(p.shape)) not in (0, None):
+        for x in (p, g):
+            if not x.is_cpu or x.layout != strided or _kernel.is_dtensor(x):
+                kind = "DTensor" if _kernel.is_dtensor(x) else f"{x.device} {x.layout}"
+                return f"parameter {i} or its grad is a {kind} tensor (it takes plain CPU tensors)"
+            if not compiling and x.is_neg():
+                return f"parameter {i} or its grad has the negative bit set"
+        ndim = p.dim()
+        if ndim >= 2 and channel_axis not in (0, -ndim) and p.numel():
             return f"parameter {i} is tested along channel_axis={channel_axis}, not 0"
-        if not _dense(p) or gs[i].stride() != p.stride():
+        stride = p.stride()
+        if g.stride() != stride or not _dense(p):
             return f"parameter {i} or its grad is neither contiguous nor channels_last alike"
         for k in kept:
             s = k[i]
-            if s is not None and (
-                not _plain(s) or s.dtype != state_dtype or s.stride() != p.stride()
+            if s is not None and not (
+                s.dtype == state_dtype
+                and s.stride() == stride
+                and s.is_cpu
+                and s.layout == strided
+                and not _kernel.is_dtensor(s)
             ):
                 return f"a state tensor of parameter {i} is not a {state_dtype} CPU tensor like it"
     return None
 
 
 def tested(channel_axis: Any, ps: Sequence[Tensor]) -> list[bool]:
-    """Which params of a group ``why_not`` accepts are tested (D4)."""
-    return [
-        bool(p.numel()) and check_channel_axis(channel_axis, tuple(p.shape)) is not None for p in ps
-    ]
+    """Which params of a group ``why_not`` accepts are tested (D4): those with two dims or
+    more and elements (their channel axis is 0 there)."""
+    return [p.dim() >= 2 and p.numel() > 0 for p in ps]
 
 
 def _step_impl(

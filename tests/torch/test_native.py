@@ -119,11 +119,11 @@ def test_unknown_impl_is_refused():
 @pytest.mark.parametrize("name", ["adamp", "sgdp"])
 def test_thread_count_changes_nothing(name):
     """Each row is summed by one thread, in one order, whether its tensor is cut by rows
-    among threads (600 x 300) or stepped whole by one (the others): 1, 2 and 3 threads agree
-    bit for bit."""
+    among threads (1200 x 300, 400000) or stepped whole by one (the others): 1, 2 and 3
+    threads agree bit for bit (the group has enough elements for 3 threads, 2^18 each)."""
     _need_c()
     rng = np.random.default_rng(1)
-    shapes = [(600, 300), (64, 3, 7, 7), (300, 130), (200000,), (1000,), (5, 2)]
+    shapes = [(1200, 300), (64, 3, 7, 7), (300, 130), (400000,), (1000,), (5, 2)]
     p0 = [torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]
     grads = [[torch.tensor(rng.standard_normal(s), dtype=torch.float32) for s in shapes]] * 3
     out = []
