@@ -19,3 +19,5 @@ def test_every_python_block_of_the_jax_page_runs():
     # the last blocks left a restored state and per-leaf decisions behind
     assert set(namespace["projected"]) == {"conv", "dense"}
     assert len(namespace["restored"]) == len(namespace["opt_state"])
+    # the state's optax names map onto PyTorch's keys (adamp_torch, the official package)
+    assert sorted(namespace["as_torch"]) == ["exp_avg", "exp_avg_sq", "step"]
