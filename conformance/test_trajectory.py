@@ -13,7 +13,7 @@ from .strategies import SCENARIOS, cases
 # Under the ci profile the sparse-rows scenarios stop after this many examples per test: they
 # repeat the other scenarios' checks with the gradient in a sparse form, whose handling needs
 # few examples, and they run on the frameworks that compile per shape.
-SPARSE_CI_EXAMPLES = 10
+SPARSE_CI_EXAMPLES = 4
 
 
 @given(data=st.data())
