@@ -120,7 +120,7 @@ class Recorder:
             counts[v] = counts.get(v, 0) + 1
         if counts:
             lines.append(
-                "other tests (invalid hyperparameters, strategies, self-test): "
+                "other tests (contracts, invalid hyperparameters, strategies, command, self-test): "
                 + ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
             )
         return lines
