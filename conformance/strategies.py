@@ -353,14 +353,22 @@ INVALID_ARGUMENTS = {
 
 
 @st.composite
-def invalid_hyperparams(draw, optimizer: str, argument: str) -> tuple[dict[str, Any], str]:
-    """Valid hyperparameters except ``argument``; returns them and the reference name to blame."""
+def invalid_hyperparams(
+    draw, optimizer: str, argument: str, *, negative_lr: bool = False
+) -> tuple[dict[str, Any], str]:
+    """Valid hyperparameters except ``argument``; returns them and the reference name to blame.
+
+    ``negative_lr``: a negative learning rate counts as valid (``Driver.negative_lr``).
+    """
     hp = draw(adamp_hyperparams() if optimizer == "adamp" else sgdp_hyperparams())
     hp["lr"] = max(hp["lr"], 1e-3)
     if argument == "nesterov-without-momentum":
         hp.update(nesterov=True, momentum=0.0, dampening=0.0)
         return hp, "nesterov"
-    value = draw(st.sampled_from(INVALID_VALUES[argument]))
+    values = INVALID_VALUES[argument]
+    if argument == "lr" and negative_lr:
+        values = tuple(v for v in values if not v < 0)
+    value = draw(st.sampled_from(values))
     if argument in ("beta1", "beta2"):
         b = list(hp["betas"])
         b[argument == "beta2"] = value

@@ -13,7 +13,10 @@ from .strategies import invalid_hyperparams
 
 @given(data=st.data())
 def test_rejects_invalid(data, driver, optimizer, invalid_argument):
-    hp, blamed = data.draw(invalid_hyperparams(optimizer, invalid_argument), label="hyperparams")
+    hp, blamed = data.draw(
+        invalid_hyperparams(optimizer, invalid_argument, negative_lr=driver.negative_lr),
+        label="hyperparams",
+    )
     spelled = driver.names.get(blamed, blamed)
     with pytest.raises(ValueError, match=re.escape(spelled)):
         driver.construct(optimizer, hp)

@@ -108,6 +108,9 @@ class Driver:
         (``run_rejected`` gets such a gradient).
       complex_dtypes: the complex dtypes ``run_rejected`` can build parameters of (the
         implementation must refuse them or step them as AdamP on (re, im) pairs).
+      negative_lr: True where the implementation follows a framework whose optimizers take a
+        negative learning rate as a step up the gradient (optax); then only NaN and inf
+        learning rates must be refused.
     """
 
     name = "driver"
@@ -119,6 +122,7 @@ class Driver:
     ci_max_examples: int | None = None
     sparse_gradients: str | None = None
     complex_dtypes: tuple[str, ...] = ()
+    negative_lr = False
     device = "cpu"
 
     def setup(self, device: str) -> None:

@@ -48,6 +48,7 @@ class JaxDriver(Driver):
     names = {"lr": "learning_rate", "beta1": "b1", "beta2": "b2"}  # noqa: RUF012
     ci_max_examples = 6  # about 0.6 s per example on 2 cores: one XLA compilation each
     complex_dtypes = ("complex64", "complex128")
+    negative_lr = True  # as optax: a negative learning_rate steps up the gradient (docs/jax.md)
 
     def __init__(self) -> None:
         import jax
