@@ -66,6 +66,10 @@ D7  Weight decay: decoupled, multiplicative, before the step, from the parameter
 D8  Operation order mirrors the official code, so float64 trajectories agree to a few ulps.
 D9  Low precision: float16 / bfloat16 parameters are computed in float32 and stored back in
     their own dtype; their state is kept in float32 (float16 moments underflow: g^2 < 6e-8).
+D10 Edges of the dtype: the decision is this arithmetic in the compute dtype. A row sum that
+    overflows is inf, one that underflows is 0; inf/inf and 0/0 give NaN, and a view whose
+    largest cosine is NaN does not fire. An implementation that accumulates in a wider type
+    rounds each row sum to the compute dtype before deciding (docs/algorithm.md, section 6).
 
 Non-finite gradients propagate as in Adam: a NaN or inf gradient makes the cosine NaN, no view
 fires (NaN < x is false), and the NaN reaches the parameter through (A8) / (S5).

@@ -6,7 +6,7 @@ convolutions, 0 for embeddings), else the last one, as in Keras' layout; ``chann
 gives the same table as an explicit mapping. Sparse gradients (``tf.IndexedSlices``, JAX
 ``BCOO``) give the step of the same gradient densified.
 The semantics are those of the NumPy reference ``adamp_core`` (equations A1-A8, S1-S6, P1-P5 and
-decisions D1-D9); hyperparameters go through its validator.
+decisions D1-D10); hyperparameters go through its validator.
 
 Example::
 

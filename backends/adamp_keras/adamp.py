@@ -27,7 +27,7 @@ class AdamP(ProjectedOptimizer):
     (``ndim >= 2``) whose gradient is nearly orthogonal to it, row by row along
     ``channel_axis`` or as a whole, the radial component of that update is removed and the
     weight decay shrinks by ``wd_ratio`` (A6, A7). See ``adamp_core`` for the equations and the
-    decisions D1-D9 that this class follows.
+    decisions D1-D10 that this class follows.
 
     Args:
       learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a

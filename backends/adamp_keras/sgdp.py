@@ -19,7 +19,7 @@ class SGDP(ProjectedOptimizer):
 
     The direction is the momentum buffer ``b = mu b + (1 - dampening) g`` (or ``g + mu b`` with
     nesterov), projected as in AdamP (S3); the decay is divided by ``1 - momentum`` as in the
-    official code (S4, D7). See ``adamp_core`` for the equations and decisions D1-D9.
+    official code (S4, D7). See ``adamp_core`` for the equations and decisions D1-D10.
 
     Args:
       learning_rate: a float, a ``keras.optimizers.schedules.LearningRateSchedule`` or a

@@ -1,5 +1,5 @@
-"""Runs every Python block of docs/jax.md, in order, in one namespace (STYLE.md: docs and code
-agree; where the docs show code, a test runs it)."""
+"""Runs every Python block of docs/jax.md, in order, in one namespace (docs and code agree:
+where the docs show code, a test runs it)."""
 
 from __future__ import annotations
 

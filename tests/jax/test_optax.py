@@ -241,7 +241,7 @@ def test_channel_axis_int_pytree_and_callable_agree():
 
 @pytest.mark.parametrize("name", ["adamp", "sgdp"])
 def test_moving_the_channel_axis_moves_the_result(name):
-    """Invariant (STYLE.md): a transposed layout with the matching channel_axis gives the
+    """Invariant: a transposed layout with the matching channel_axis gives the
     transposed result; here Flax (kh, kw, in, out) with -1 against Equinox (out, in, kh, kw)
     with 0."""
     rng = np.random.default_rng(8)
