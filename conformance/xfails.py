@@ -72,6 +72,6 @@ def read_xfails(path: str | Path) -> list[Xfail]:
 
 
 def builtin_xfails(backend: str) -> list[Xfail]:
-    """The shipped deviations of a built-in third-party backend (none for the others)."""
+    """The shipped deviations of a built-in backend: xfails/BACKEND.txt, where there is one."""
     path = BUILTIN / f"{backend}.txt"
     return read_xfails(path) if path.is_file() else []
