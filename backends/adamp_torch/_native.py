@@ -295,12 +295,14 @@ def _step_impl(
     beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening, nesterov, project_buffer.
     Returns the view codes (T,) as int8."""
     table = []
+    # the counts in one read (A1: whole numbers), not one per tensor
+    counts = torch.stack(steps).tolist() if steps else [0] * len(params)
     for i, (p, g, a) in enumerate(zip(params, grads, s1, strict=True)):
         n = p.numel()
         cols = n // p.shape[0] if tested[i] else PSEUDO_ROW
         rows = p.shape[0] if tested[i] else -(-n // cols)
         b = s2[i].data_ptr() if s2 else 0
-        t = int(steps[i]) if steps else 0  # A1: counts are whole numbers
+        t = int(counts[i])
         table += [p.data_ptr(), g.data_ptr(), a.data_ptr(), b, n, rows, cols, tested[i], t]
     if lr is not None:
         hyper = [float(lr), *hyper[1:]]
