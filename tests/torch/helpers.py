@@ -40,3 +40,22 @@ def run(name: str, param: torch.Tensor, grads, **hp):
         st = {k: to_np(opt.state[p][k]) for k in STATE_KEYS[name]}
         out.append((to_np(p), st, int(opt.last_views[p])))
     return out
+
+
+def bn_cnn(width: int, classes: int, seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
+    """Conv -> BatchNorm -> Linear on 4x4 images: its conv kernel is scale-invariant."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, width, 3, padding=1),
+        torch.nn.BatchNorm2d(width),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(width * 4 * 4, classes),
+    ).to(dtype)
+
+
+def image_batch(step: int, dtype, *, size: int, classes: int, seed: int):
+    """A reproducible batch of 4x4 RGB images and labels for ``bn_cnn``, one per step."""
+    gen = torch.Generator().manual_seed(seed + step)
+    x = torch.randn(size, 3, 4, 4, generator=gen, dtype=dtype)
+    return x, torch.randint(0, classes, (size,), generator=gen)

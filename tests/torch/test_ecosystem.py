@@ -33,7 +33,7 @@ from adamp_torch import SGDP, AdamP, to_official_state_dict
 from adamp_torch._base import IMPLS
 from torch.nn import Parameter
 
-from tests.torch.helpers import REL_TOL
+from tests.torch.helpers import REL_TOL, bn_cnn, image_batch
 
 # name: (class, hyperparameters, family). Same hyperparameters for a class of ours and its
 # controls, so that a check compares like with like.
@@ -134,20 +134,11 @@ def assert_descends(opt, w, b, x, steps: int) -> None:
 
 
 def small_cnn(seed: int = 0, dtype=torch.float32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, padding=1),
-        torch.nn.BatchNorm2d(4),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(4 * 4 * 4, 3),
-    ).to(dtype)
+    return bn_cnn(4, 3, seed, dtype)
 
 
 def cnn_batch(t: int, dtype=torch.float32):
-    gen = torch.Generator().manual_seed(100 + t)
-    x = torch.randn(8, 3, 4, 4, generator=gen, dtype=dtype)
-    return x, torch.randint(0, 3, (8,), generator=gen)
+    return image_batch(t, dtype, size=8, classes=3, seed=100)
 
 
 def train(model, opt, steps: int, start: int = 0) -> None:

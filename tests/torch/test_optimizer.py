@@ -16,7 +16,7 @@ import torch
 from adamp_torch import SGDP, AdamP, ViewCounter
 
 from adamp_core.testing import rel_err
-from tests.torch.helpers import REL_TOL
+from tests.torch.helpers import REL_TOL, bn_cnn, image_batch
 
 OPTS = {
     "adamp": (AdamP, dict(lr=1e-2, weight_decay=0.1)),
@@ -25,21 +25,11 @@ OPTS = {
 
 
 def _model(seed: int = 0, dtype=torch.float64) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.BatchNorm2d(8),
-        torch.nn.ReLU(),
-        torch.nn.Flatten(),
-        torch.nn.Linear(8 * 4 * 4, 5),
-    ).to(dtype)
+    return bn_cnn(8, 5, seed, dtype)
 
 
 def _batch(step: int, dtype=torch.float64):
-    g = torch.Generator().manual_seed(1000 + step)
-    return torch.randn(16, 3, 4, 4, generator=g, dtype=dtype), torch.randint(
-        0, 5, (16,), generator=g
-    )
+    return image_batch(step, dtype, size=16, classes=5, seed=1000)
 
 
 def _train(model, opt, steps, start=0, scheduler=None):
