@@ -116,7 +116,7 @@ def check_step_param(
     ndim = len(shape)
     if ndim >= 2 and not (type(channel_axis) is int and -ndim <= channel_axis < ndim):
         check_channel_axis(channel_axis, tuple(shape))
-    dtype = torch.float64 if p_dtype == torch.float64 else torch.float32  # compute_dtype
+    dtype = compute_dtype(p_dtype)
     for key in state_keys:
         s = state.get(key)
         if s is None:
@@ -129,8 +129,8 @@ def check_step_param(
         if s.dtype != dtype or s.device != device or is_dtensor(s) != dt:
             raise ValueError(
                 f"{opt_name}: state[{key!r}] is ({s.dtype}, {s.device}"
-                f"{', DTensor' * is_dtensor(s)}) but its param ({p.dtype}, {p.device}"
-                f"{', DTensor' * is_dtensor(p)}) needs ({dtype}, {p.device}): the param was "
+                f"{', DTensor' * is_dtensor(s)}) but its param ({p_dtype}, {device}"
+                f"{', DTensor' * dt}) needs ({dtype}, {device}): the param was "
                 "converted or moved after its state was made (model.double(), model.to(...)); "
                 "reload the state with opt.load_state_dict(opt.state_dict()) to convert it"
             )
