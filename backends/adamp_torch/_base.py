@@ -194,8 +194,7 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
     def _native_step(self, group, params, grads, states) -> None:
         """The whole group in one call of the C step (``_native.c``)."""
-        tested = _native.tested(group["channel_axis"], params)
-        update = partial(self._native_update, group, tested, states=states)
+        update = partial(self._native_update, group, states=states)
         self._in_compute_dtype(params, params, grads, update)
 
     def _foreach_why_not(self, group, params, grads, states) -> str | None:
@@ -203,6 +202,14 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
     def _foreach_step(self, group, params, grads, states) -> None:
         """Multi-tensor torch ops, bucket by bucket (``_kernel.buckets``)."""
+        if torch.compiler.is_compiling() and any(_kernel.is_dtensor(p) for p in params):
+            # Dynamo traces DTensor shards with symbolic sizes that do not match their
+            # state's (a fake-tensor broadcast error on the second compile): the group steps
+            # eagerly, at a graph break, with the same results.
+            return _eager(self._foreach_buckets, group, params, grads, states)
+        self._foreach_buckets(group, params, grads, states)
+
+    def _foreach_buckets(self, group, params, grads, states) -> None:
         for idx in _kernel.buckets(params):
             ps = [params[i] for i in idx]
             axes = [group["channel_axis"]] * len(ps)
@@ -240,7 +247,6 @@ class ProjectionOptimizer(torch.optim.Optimizer):
     def _native_update(
         self,
         group: dict[str, Any],
-        tested: list[bool],
         ps: list[Tensor],
         gs: list[Tensor],
         states: list[dict[str, Any]],
@@ -259,6 +265,11 @@ class ProjectionOptimizer(torch.optim.Optimizer):
         states: list[dict[str, Any]],
     ) -> Tensor:
         raise NotImplementedError
+
+
+@torch.compiler.disable
+def _eager(fn: Callable[..., None], *args: Any) -> None:
+    fn(*args)
 
 
 @dataclass(frozen=True)
@@ -284,5 +295,14 @@ IMPLEMENTATIONS = {
 
 def zeros_state(p: Tensor) -> Tensor:
     """A zero state tensor like ``p`` (same layout and sharding), float32 for 16-bit params."""
+    if torch.compiler.is_compiling() and _kernel.is_dtensor(p):
+        # traced, a DTensor's zeros_like gets an unevenly sharded param's shards wrong (3 rows
+        # on both ranks of a 5-row param): made eagerly, at a graph break
+        return _eager_zeros(p)
     dtype = _kernel.compute_dtype(p.dtype)
     return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+
+
+@torch.compiler.disable
+def _eager_zeros(p: Tensor) -> Tensor:
+    return zeros_state(p)

@@ -14,6 +14,7 @@
  */
 #include <math.h>
 #include <omp.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -231,16 +232,21 @@ static void set_rows(row_t *rw, int64_t lo, int64_t hi, int view, double layer_s
 STEP_KERNELS(float, f32, sqrtf)
 STEP_KERNELS(double, f64, sqrt)
 
-/* Sharing out the work. A tensor of at least SPLIT_NUMEL elements is cut by rows among all
- * threads: both passes, with one barrier between them (each thread then takes the decision
- * itself, from all rows' sums, and goes on with its own rows). Smaller tensors are handed out
- * whole, each to one thread, by their share of the elements, with no barrier: on a busy
- * machine a barrier waits for the slowest thread to be scheduled, once per tensor. A call with
- * fewer than GRAIN elements per thread uses fewer threads (one for a small model: a parallel
- * region costs a wake-up of every thread, and PyTorch's own elementwise kernels stay on one
- * thread below 32768 elements). Results do not depend on the split: every row is summed by one
- * thread, in one order, whatever the thread count. */
+/* Sharing out the work, with no barrier: on a busy machine a barrier waits for the slowest
+ * thread to be scheduled, and on an idle one the threads of a split tensor rarely finish its
+ * first pass together. A tensor of at least SPLIT_NUMEL elements is cut into chunks of whole
+ * rows (about CHUNK elements); smaller tensors are items of their own, stepped whole by one
+ * thread (both passes, the second while the tensor is still in cache). Threads take the first
+ * passes' items in order from one atomic counter, large tensors' chunks first; whoever finishes
+ * the last first-pass chunk of a tensor takes its decision (from all rows' sums) and queues its
+ * second-pass chunks, which threads take before any new first-pass item. A thread waits only
+ * when nothing is left to take but second passes still to be queued (the last tensor's).
+ * A call with fewer than GRAIN elements per thread uses fewer threads (one for a small model:
+ * a parallel region costs a wake-up of every thread, and PyTorch's own elementwise kernels
+ * stay on one thread below 32768 elements). Results do not depend on the split: every row is
+ * summed by one thread, in one order, and every decision taken by one thread from all rows. */
 #define SPLIT_NUMEL ((int64_t)1 << 17)
+#define CHUNK ((int64_t)1 << 15)
 #define GRAIN ((int64_t)1 << 18)
 
 typedef struct {
@@ -276,65 +282,135 @@ static int8_t step_whole(const call_t *c, const tensor_t *t, row_t *rw) {
     return (int8_t)view;
 }
 
+static inline void pause(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+typedef struct { /* a tensor cut into chunks, in the call's scratch */
+    int64_t j, chunks, rows_per_chunk;
+    _Atomic int64_t left;  /* first-pass chunks not finished */
+    _Atomic int64_t next2; /* the next second-pass chunk to take */
+    double sbc2, a;
+} split_t;
+
+/* Rows [lo, hi) of chunk `k` of a split tensor. */
+static void chunk_rows(const split_t *sp, const tensor_t *t, int64_t k, int64_t *lo, int64_t *hi) {
+    *lo = k * sp->rows_per_chunk;
+    *hi = *lo + sp->rows_per_chunk < t->rows ? *lo + sp->rows_per_chunk : t->rows;
+}
+
 static int step(const int64_t *table, int64_t nt, const hyper_t *h, int8_t *views, int nthreads,
                 int sgdp) {
     const tensor_t *ts = (const tensor_t *)table;
-    int64_t total_rows = 0, total = 0, small = 0;
+    int64_t total_rows = 0, total = 0, nsplit = 0, nchunks = 0;
     for (int64_t j = 0; j < nt; j++) {
         total_rows += ts[j].numel ? ts[j].rows : 0;
         total += ts[j].numel;
-        small += ts[j].numel < SPLIT_NUMEL ? ts[j].numel : 0;
+        nsplit += ts[j].numel >= SPLIT_NUMEL;
     }
-    /* per tensor: its first row in the scratch, and for a small one, the elements of the
-     * small tensors before it (which thread takes it) */
+    /* scratch: each tensor's first row in `rows`; the split tensors; the first-pass items
+     * (a split tensor's chunk: its index in `splits` and the chunk; a whole tensor: -1 - j) */
     row_t *rows = malloc((size_t)(total_rows ? total_rows : 1) * sizeof(row_t));
-    int64_t *at = malloc((size_t)(2 * nt + 1) * sizeof(int64_t));
-    if (!rows || !at) {
-        free(rows);
-        free(at);
-        return 1;
-    }
-    int64_t *before = at + nt, r0 = 0, s0 = 0;
-    for (int64_t j = 0; j < nt; j++) {
-        at[j] = r0, before[j] = s0;
-        r0 += ts[j].numel ? ts[j].rows : 0;
-        s0 += ts[j].numel < SPLIT_NUMEL ? ts[j].numel : 0;
-    }
-    int64_t want = total / GRAIN;
-    if (want < nthreads) nthreads = want < 1 ? 1 : (int)want;
+    int64_t *at = malloc((size_t)(nt + 1) * sizeof(int64_t));
+    split_t *splits = malloc((size_t)(nsplit ? nsplit : 1) * sizeof(split_t));
     call_t c = {h, sgdp, 1 - h->lr * h->weight_decay,
                 1 - h->lr * h->weight_decay * h->wd_ratio}; /* A7 with r = 1, wd_ratio (P5) */
     if (sgdp) {                                             /* S4, D7: over (1 - momentum) */
         c.d1 = 1 - h->lr * h->weight_decay / (1 - h->momentum);
         c.dr = 1 - h->lr * h->weight_decay * h->wd_ratio / (1 - h->momentum);
     }
+    int64_t r0 = 0, ns = 0;
+    for (int64_t j = 0; rows && at && splits && j < nt; j++) {
+        at[j] = r0;
+        r0 += ts[j].numel ? ts[j].rows : 0;
+        if (ts[j].numel < SPLIT_NUMEL) continue;
+        split_t *sp = &splits[ns++];
+        int64_t per = CHUNK / ts[j].cols;
+        sp->j = j;
+        sp->rows_per_chunk = per < 1 ? 1 : per;
+        sp->chunks = (ts[j].rows + sp->rows_per_chunk - 1) / sp->rows_per_chunk;
+        atomic_init(&sp->left, sp->chunks);
+        atomic_init(&sp->next2, 0);
+        step_sizes(&c, &ts[j], &sp->sbc2, &sp->a);
+        nchunks += sp->chunks;
+    }
+    int64_t nitems = nchunks + (nt - nsplit);
+    int64_t *items = malloc((size_t)(2 * nitems + 1) * sizeof(int64_t));
+    int64_t *queue = malloc((size_t)(nsplit ? nsplit : 1) * sizeof(int64_t));
+    _Atomic int *queued = malloc((size_t)(nsplit ? nsplit : 1) * sizeof(_Atomic int));
+    if (!rows || !at || !splits || !items || !queue || !queued) {
+        free(rows), free(at), free(splits), free(items), free(queue), free((void *)queued);
+        return 1;
+    }
+    int64_t n = 0;
+    for (int64_t s = 0; s < nsplit; s++)
+        for (int64_t k = 0; k < splits[s].chunks; k++) items[2 * n] = s, items[2 * n++ + 1] = k;
+    for (int64_t j = 0; j < nt; j++)
+        if (ts[j].numel < SPLIT_NUMEL) items[2 * n] = -1 - j, items[2 * n++ + 1] = 0;
+    for (int64_t s = 0; s < nsplit; s++) atomic_init(&queued[s], 0);
+    _Atomic int64_t next1, nqueued, taken2;
+    atomic_init(&next1, 0);
+    atomic_init(&nqueued, 0);
+    atomic_init(&taken2, 0);
+    int64_t want = total / GRAIN;
+    if (want < nthreads) nthreads = want < 1 ? 1 : (int)want;
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
-        int nth = omp_get_num_threads(), me = omp_get_thread_num();
-        for (int64_t j = 0; j < nt; j++) { /* large tensors, by rows */
-            const tensor_t *t = &ts[j];
-            if (t->numel < SPLIT_NUMEL) continue;
-            row_t *rw = rows + at[j];
-            double sbc2, a, layer_s;
-            step_sizes(&c, t, &sbc2, &a);
-            /* Each thread takes the same rows in both passes. */
-            int64_t lo = t->rows * me / nth, hi = t->rows * (me + 1) / nth;
-            rows_pass(&c, t, rw, 1, lo, hi, sbc2, a);
-#pragma omp barrier
-            int view = decide(t, rw, h, &layer_s); /* reads every row's sums, writes nothing */
-            if (me == 0) views[j] = (int8_t)view;
-            set_rows(rw, lo, hi, view, layer_s, h, a, c.d1, c.dr);
-            rows_pass(&c, t, rw, 2, lo, hi, sbc2, a);
-        }
-        for (int64_t j = 0; j < nt; j++) { /* small tensors, whole */
-            const tensor_t *t = &ts[j];
-            if (t->numel >= SPLIT_NUMEL) continue;
-            if (small ? before[j] * nth / small != me : me != 0) continue;
-            views[j] = t->numel ? step_whole(&c, t, rows + at[j]) : 0;
+        int64_t first = 0; /* queue slots before it have no second-pass chunk left */
+        for (;;) {
+            /* second passes first: their tensors were just read */
+            int64_t in_queue = atomic_load_explicit(&nqueued, memory_order_acquire), k = -1, q;
+            for (q = first; q < in_queue; q++) {
+                if (!atomic_load_explicit(&queued[q], memory_order_acquire)) break;
+                split_t *sp = &splits[queue[q]];
+                k = atomic_fetch_add_explicit(&sp->next2, 1, memory_order_relaxed);
+                if (k < sp->chunks) break;
+                k = -1;
+                if (q == first) first++;
+            }
+            if (k >= 0) {
+                split_t *sp = &splits[queue[q]];
+                const tensor_t *t = &ts[sp->j];
+                int64_t lo, hi;
+                chunk_rows(sp, t, k, &lo, &hi);
+                rows_pass(&c, t, rows + at[sp->j], 2, lo, hi, sp->sbc2, sp->a);
+                atomic_fetch_add_explicit(&taken2, 1, memory_order_relaxed);
+                continue;
+            }
+            int64_t i = atomic_load_explicit(&next1, memory_order_relaxed) < nitems
+                            ? atomic_fetch_add_explicit(&next1, 1, memory_order_relaxed)
+                            : nitems;
+            if (i < nitems) {
+                if (items[2 * i] < 0) { /* a small tensor, whole */
+                    int64_t j = -1 - items[2 * i];
+                    views[j] = ts[j].numel ? step_whole(&c, &ts[j], rows + at[j]) : 0;
+                    continue;
+                }
+                split_t *sp = &splits[items[2 * i]];
+                const tensor_t *t = &ts[sp->j];
+                row_t *rw = rows + at[sp->j];
+                int64_t lo, hi;
+                chunk_rows(sp, t, items[2 * i + 1], &lo, &hi);
+                rows_pass(&c, t, rw, 1, lo, hi, sp->sbc2, sp->a);
+                /* acq_rel: the thread that finishes last sees every chunk's sums */
+                if (atomic_fetch_sub_explicit(&sp->left, 1, memory_order_acq_rel) == 1) {
+                    double layer_s;
+                    int view = decide(t, rw, h, &layer_s);
+                    views[sp->j] = (int8_t)view;
+                    set_rows(rw, 0, t->rows, view, layer_s, h, sp->a, c.d1, c.dr);
+                    int64_t slot = atomic_fetch_add_explicit(&nqueued, 1, memory_order_acq_rel);
+                    queue[slot] = items[2 * i];
+                    atomic_store_explicit(&queued[slot], 1, memory_order_release);
+                }
+                continue;
+            }
+            if (atomic_load_explicit(&taken2, memory_order_relaxed) >= nchunks) break;
+            pause(); /* the last first-pass chunks are being stepped by other threads */
         }
     }
-    free(rows);
-    free(at);
+    free(rows), free(at), free(splits), free(items), free(queue), free((void *)queued);
     return 0;
 }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -36,8 +37,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.graph import increment_version
 
 from adamp_torch import _kernel
 
@@ -202,6 +205,7 @@ def reset() -> None:
 # ----------------------------------------------------------------------------- whole steps
 
 PSEUDO_ROW = 1 << 14  # elements per share of an untested tensor's work
+TENSOR_FIELDS = 9  # int64 values per tensor in the table (tensor_t of _native.c)
 
 
 class _Hyper(ctypes.Structure):
@@ -274,10 +278,26 @@ def why_not(
     return None
 
 
-def tested(channel_axis: Any, ps: Sequence[Tensor]) -> list[bool]:
-    """Which params of a group ``why_not`` accepts are tested (D4): those with two dims or
-    more and elements (their channel axis is 0 there)."""
-    return [p.dim() >= 2 and p.numel() > 0 for p in ps]
+_GEOMETRY: dict[tuple, np.ndarray] = {}  # by the shapes of a group: columns 4-7 of its table
+_data_ptr = Tensor.data_ptr
+
+
+def _geometry(params: Sequence[Tensor]) -> np.ndarray:
+    """numel, rows, cols and tested (D4) of each param, kept by the group's shapes: a small
+    model's step would otherwise spend more time on them in Python than in C."""
+    shapes = tuple(p.shape for p in params)
+    geo = _GEOMETRY.get(shapes)
+    if geo is None:
+        geo = np.zeros((len(shapes), 4), dtype=np.int64)
+        for i, shape in enumerate(shapes):
+            n = math.prod(shape)
+            is_tested = len(shape) >= 2 and n > 0
+            cols = n // shape[0] if is_tested else PSEUDO_ROW
+            geo[i] = n, shape[0] if is_tested else -(-n // cols), cols, is_tested
+        if len(_GEOMETRY) >= 64:  # groups of one process: few shapes, unless they change
+            _GEOMETRY.clear()
+        _GEOMETRY[shapes] = geo
+    return geo
 
 
 def _step_impl(
@@ -286,66 +306,82 @@ def _step_impl(
     s1: list[Tensor],
     s2: list[Tensor],
     steps: list[Tensor],
-    tested: list[bool],
     lr: Tensor | None,
     hyper: list[float],
     sgdp: bool,
 ) -> Tensor:
-    """One step of a bucket in C. ``hyper``: lr (unless ``lr`` is given as a tensor), beta1,
-    beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening, nesterov, project_buffer.
-    Returns the view codes (T,) as int8."""
-    table = []
-    # the counts in one read (A1: whole numbers), not one per tensor
-    counts = torch.stack(steps).tolist() if steps else [0] * len(params)
-    for i, (p, g, a) in enumerate(zip(params, grads, s1, strict=True)):
-        n = p.numel()
-        cols = n // p.shape[0] if tested[i] else PSEUDO_ROW
-        rows = p.shape[0] if tested[i] else -(-n // cols)
-        b = s2[i].data_ptr() if s2 else 0
-        t = int(counts[i])
-        table += [p.data_ptr(), g.data_ptr(), a.data_ptr(), b, n, rows, cols, tested[i], t]
+    """One step of a param group in C. ``steps``: AdamP's step count t of each param (A1, 0-d
+    CPU tensors, after this step's increment; SGDP: none); ``hyper``: lr (unless ``lr`` is given as a
+    tensor), beta1, beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening, nesterov,
+    project_buffer. Returns the view codes (T,) as int8."""
+    n = len(params)
+    table = np.empty((n, TENSOR_FIELDS), dtype=np.int64)
+    table[:, 0] = list(map(_data_ptr, params))
+    table[:, 1] = list(map(_data_ptr, grads))
+    table[:, 2] = list(map(_data_ptr, s1))
+    table[:, 3] = list(map(_data_ptr, s2)) if s2 else 0
+    table[:, 4:8] = _geometry(params)
+    if steps:
+        # in one read (here, not in the compiled graph, where stacking 300 counts costs a
+        # Python call per count)
+        counts = torch.stack(steps)
+        if counts.shape != (n,) or not counts.is_cpu or not counts.is_floating_point():
+            raise ValueError(f"step counts: {n} CPU float scalars, got {counts}")
+        table[:, 8] = counts.numpy()  # whole numbers (A1)
+    else:
+        table[:, 8] = 0
     if lr is not None:
         hyper = [float(lr), *hyper[1:]]
     h = _Hyper(*hyper[:9], int(hyper[9]), int(hyper[10]), DTYPES[params[0].dtype])
-    views = torch.empty(len(params), dtype=torch.int8)
+    views = torch.empty(n, dtype=torch.int8)
     fn = _lib.sgdp_step if sgdp else _lib.adamp_step
-    args = (ctypes.c_int64 * len(table))(*table), len(params), ctypes.byref(h)
-    if fn(*args, views.data_ptr(), torch.get_num_threads()):
+    if fn(table.ctypes.data, n, ctypes.byref(h), views.data_ptr(), torch.get_num_threads()):
         raise MemoryError("adamp_torch: no memory for the step's scratch (nothing was written)")
+    # written behind autograd's back: bumped as torch's in-place ops would (one C++ call each),
+    # so that a backward through a graph that saved a param before the step raises
+    for written in (params, s1, s2):
+        increment_version(written)
     return views
 
 
 # The same function as a PyTorch operator, for torch.compile: Inductor calls it as it is (it
-# would not fuse the two passes per tensor any better). Eager steps call _step_impl directly,
-# without the dispatcher's conversion of the tensor lists (about 0.1 ms per bucket).
-_step_op = torch.library.custom_op(
-    "adamp_torch::projected_step_", mutates_args=("params", "s1", "s2"), device_types="cpu"
-)(_step_impl)
+# would not fuse the two passes per tensor any better). Defined with torch.library's low-level
+# API rather than torch.library.custom_op, whose Python kernel bumps each mutated tensor's
+# version counter one by one (about 1 ms per call for a model of 300 params, four times the
+# step itself); the dispatcher's fallbacks do that in C++. Eager steps call _step_impl directly,
+# without the dispatcher's conversion of the tensor lists.
+_LIB = torch.library.Library("adamp_torch", "DEF")  # noqa: TOR901 (the op's own namespace)
+_LIB.define(
+    "projected_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s1, Tensor(c!)[] s2, "
+    "Tensor[] steps, Tensor? lr, float[] hyper, bool sgdp) -> Tensor"
+)
+_LIB.impl("projected_step_", _step_impl, "CPU")
+_step_op = torch.ops.adamp_torch.projected_step_.default
 
 
-@_step_op.register_fake
-def _(params, grads, s1, s2, steps, tested, lr, hyper, sgdp):
+@torch.library.register_fake("adamp_torch::projected_step_", lib=_LIB)
+def _(params, grads, s1, s2, steps, lr, hyper, sgdp):
     return params[0].new_empty(len(params), dtype=torch.int8)
 
 
-def _call(group, tested, ps, gs, s1, s2, steps, hyper, sgdp) -> Tensor:
+def _call(group, ps, gs, s1, s2, steps, hyper, sgdp) -> Tensor:
     lr = group["lr"]
     tensor_lr = lr if isinstance(lr, Tensor) else None
     hyper = [0.0 if tensor_lr is not None else float(lr), *map(float, hyper)]
     fn = _step_op if torch.compiler.is_compiling() else _step_impl
-    return fn(ps, gs, s1, s2, steps, tested, tensor_lr, hyper, sgdp)
+    return fn(ps, gs, s1, s2, steps, tensor_lr, hyper, sgdp)
 
 
-def adamp_step(group, tested, ps, gs, ms, vs, steps) -> Tensor:
+def adamp_step(group, ps, gs, ms, vs, steps) -> Tensor:
     """One AdamP step (A2-A8) of a param group ``why_not`` accepts, ``steps`` already
     counted (A1); returns the view codes (T,)."""
     b1, b2 = group["betas"]
     hyper = (b1, b2, group["eps"], group["weight_decay"], group["delta"], group["wd_ratio"],
              0.0, 0.0, group["nesterov"], False)  # fmt: skip
-    return _call(group, tested, ps, gs, ms, vs, steps, hyper, False)
+    return _call(group, ps, gs, ms, vs, steps, hyper, False)
 
 
-def sgdp_step(group, tested, ps, gs, bufs) -> Tensor:
+def sgdp_step(group, ps, gs, bufs) -> Tensor:
     """One SGDP step (S1-S6) of a param group ``why_not`` accepts; returns the views."""
     hyper = (
         0.0,
@@ -359,4 +395,4 @@ def sgdp_step(group, tested, ps, gs, bufs) -> Tensor:
         group["nesterov"],
         group["project_buffer"],
     )
-    return _call(group, tested, ps, gs, bufs, [], [], hyper, True)
+    return _call(group, ps, gs, bufs, [], [], hyper, True)

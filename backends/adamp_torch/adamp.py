@@ -94,11 +94,11 @@ class AdamP(ProjectionOptimizer):
         state["exp_avg"] = zeros_state(p)
         state["exp_avg_sq"] = zeros_state(p)
 
-    def _native_update(self, group, tested, ps, gs, states):
+    def _native_update(self, group, ps, gs, states):
         steps = [s["step"] for s in states]
         torch._foreach_add_(steps, 1)  # A1
         m, v = [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]
-        return _native.adamp_step(group, tested, ps, gs, m, v, steps)  # A2-A8, _native.c
+        return _native.adamp_step(group, ps, gs, m, v, steps)  # A2-A8, _native.c
 
     def _update_bucket(self, group, layout, ps, gs, states):
         b1, b2 = group["betas"]

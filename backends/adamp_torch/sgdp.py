@@ -108,9 +108,9 @@ class SGDP(ProjectionOptimizer):
     def _init_state(self, p: Tensor, state: dict[str, Any]) -> None:
         state["momentum"] = zeros_state(p)
 
-    def _native_update(self, group, tested, ps, gs, states):
+    def _native_update(self, group, ps, gs, states):
         buf = [s["momentum"] for s in states]
-        return _native.sgdp_step(group, tested, ps, gs, buf)  # S1-S6, _native.c
+        return _native.sgdp_step(group, ps, gs, buf)  # S1-S6, _native.c
 
     def _update_bucket(self, group, layout, ps, gs, states):
         mu, damp, wd = group["momentum"], group["dampening"], group["weight_decay"]

@@ -73,7 +73,19 @@ def fsdp2(rank: int, world: int, store_file: str, out_dir: str) -> None:
     _finish()
 
 
-def _fsdp2_run(rank: int, mesh, out_dir: str, name: str) -> None:
+def fsdp2_compiled(rank: int, world: int, store_file: str, out_dir: str) -> None:
+    """As ``fsdp2``, with ``torch.compile(opt.step)``."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    _init(rank, world, store_file)
+    mesh = init_device_mesh("cpu", (world,))
+    for name in OPTS:
+        torch._dynamo.reset()  # each optimizer's own compiles, within the recompile limit
+        _fsdp2_run(rank, mesh, out_dir, name, compiled=True)
+    _finish()
+
+
+def _fsdp2_run(rank: int, mesh, out_dir: str, name: str, compiled: bool = False) -> None:
     from torch.distributed.fsdp import fully_shard
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -87,11 +99,12 @@ def _fsdp2_run(rank: int, mesh, out_dir: str, name: str) -> None:
     ]
     opt = cls(groups, **hp)
     opt.track_views = True
+    step_fn = torch.compile(opt.step) if compiled else opt.step
     views = []
     for step in grads:
         for p, g in zip(model.ps, step, strict=True):
             p.grad = distribute_tensor(torch.tensor(g), mesh, [Shard(0)])
-        opt.step()
+        step_fn()
         views.append([int(opt.last_views[p]) for p in model.ps])
     full = [p.detach().full_tensor().numpy() for p in model.ps]
     np.savez(os.path.join(out_dir, f"{name}-rank{rank}.npz"), *full, views=np.array(views))

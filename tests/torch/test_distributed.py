@@ -77,9 +77,23 @@ def test_ddp_matches_single_process_full_batch(name, ddp_runs):
         assert rel_err(a, p.detach().numpy()) <= 1e-10
 
 
+@pytest.fixture(scope="module")
+def fsdp2_compiled_runs(tmp_path_factory):
+    return _spawn(worker.fsdp2_compiled, tmp_path_factory.mktemp("fsdp2-compiled"))
+
+
 @pytest.mark.parametrize("name", ["adamp", "sgdp"])
 def test_fsdp2_equals_unsharded_reference(name, fsdp2_runs):
-    ranks = fsdp2_runs[name]
+    _assert_fsdp2_run(name, fsdp2_runs[name])
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_fsdp2_compiled_equals_unsharded_reference(name, fsdp2_compiled_runs):
+    """DTensor parameters under ``torch.compile(opt.step)``: the same trajectory and views."""
+    _assert_fsdp2_run(name, fsdp2_compiled_runs[name])
+
+
+def _assert_fsdp2_run(name, ranks):
     init, grads = worker.fsdp_grads()
     _, hp = worker.OPTS[name]
     for i, (p0, (_, axis, _)) in enumerate(zip(init, worker.FSDP_PARAMS, strict=True)):

@@ -358,6 +358,28 @@ def test_step_is_noop_for_zero_grads(name, step_path):
 
 
 @subjects(*OURS, *CONTROLS)
+def test_autograd_sees_the_step_write_params(name, step_path):
+    """PyTorch's in-place ops bump the version counter of what they write, so that a
+    backward through a graph that saved a tensor before it was written raises instead of
+    using the new values. A step writes its params in place: a backward through a graph
+    built before the step must raise, as it does after torch.optim's steps; and the state
+    tensors' counters move too (any graph built on them sees the write). The official package
+    writes through ``p.data``, which autograd does not see: its stale backward goes through."""
+    p = Parameter(torch.randn(4, 3))
+    opt = build(name, step_path, [p])
+    p.grad = torch.randn(4, 3)
+    opt.step()  # the state exists
+    state = [v for v in opt.state[p].values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    versions = [v._version for v in state]
+    stale = (p * p).sum()  # saves p for its backward
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        stale.backward()
+    assert state and all(v._version > n for v, n in zip(state, versions, strict=True))
+
+
+@subjects(*OURS, *CONTROLS)
 def test_zero_rank_and_empty_params(name, step_path):
     """pytorch-optimizer's zero-rank parameter; PyTorch's empty last parameter of
     ``_test_derived_optimizers``: both step, the scalar against its gradient. (The official

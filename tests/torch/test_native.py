@@ -57,8 +57,10 @@ def test_where_it_applies():
     w, b, s = torch.randn(4, 3, 2, 2), torch.randn(4), torch.randn(())
     state = [[torch.zeros_like(x) for x in (w, b, s)]]
     assert _why_not([w, b, s], kept=state) is None
-    assert _native.tested(0, [w, b, s]) == [True, False, False]  # D4: 1-D, 0-d untested
-    assert _native.tested(0, [torch.randn(0, 3)]) == [False]  # zero-size: untested (D4)
+    # numel, rows, cols, tested (D4: 1-D, 0-d untested, cut into pseudo-rows to share work)
+    rows = _native.PSEUDO_ROW
+    assert _native._geometry([w, b, s]).tolist() == [[48, 4, 12, 1], [4, 1, rows, 0], [1, 1, rows, 0]]
+    assert _native._geometry([torch.randn(0, 3)]).tolist() == [[0, 0, rows, 0]]  # zero-size
     assert _why_not([w, b], kept=[[None, None]]) is None  # state not made yet: made like p
     cl = w.to(memory_format=torch.channels_last)
     assert _why_not([cl], kept=[[torch.zeros_like(cl)]]) is None  # grads/state keep it
