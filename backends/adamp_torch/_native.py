@@ -311,9 +311,9 @@ def _step_impl(
     sgdp: bool,
 ) -> Tensor:
     """One step of a param group in C. ``steps``: AdamP's step count t of each param (A1, 0-d
-    CPU tensors, after this step's increment; SGDP: none); ``hyper``: lr (unless ``lr`` is given as a
-    tensor), beta1, beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening, nesterov,
-    project_buffer. Returns the view codes (T,) as int8."""
+    CPU tensors, after this step's increment; SGDP: none); ``hyper``: lr (unless ``lr`` is
+    given as a tensor), beta1, beta2, eps, weight_decay, delta, wd_ratio, momentum, dampening,
+    nesterov, project_buffer. Returns the view codes (T,) as int8."""
     n = len(params)
     table = np.empty((n, TENSOR_FIELDS), dtype=np.int64)
     table[:, 0] = list(map(_data_ptr, params))
@@ -350,7 +350,7 @@ def _step_impl(
 # version counter one by one (about 1 ms per call for a model of 300 params, four times the
 # step itself); the dispatcher's fallbacks do that in C++. Eager steps call _step_impl directly,
 # without the dispatcher's conversion of the tensor lists.
-_LIB = torch.library.Library("adamp_torch", "DEF")  # noqa: TOR901 (the op's own namespace)
+_LIB = torch.library.Library("adamp_torch", "DEF")
 _LIB.define(
     "projected_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s1, Tensor(c!)[] s2, "
     "Tensor[] steps, Tensor? lr, float[] hyper, bool sgdp) -> Tensor"

@@ -58,9 +58,10 @@ def test_where_it_applies():
     state = [[torch.zeros_like(x) for x in (w, b, s)]]
     assert _why_not([w, b, s], kept=state) is None
     # numel, rows, cols, tested (D4: 1-D, 0-d untested, cut into pseudo-rows to share work)
-    rows = _native.PSEUDO_ROW
-    assert _native._geometry([w, b, s]).tolist() == [[48, 4, 12, 1], [4, 1, rows, 0], [1, 1, rows, 0]]
-    assert _native._geometry([torch.randn(0, 3)]).tolist() == [[0, 0, rows, 0]]  # zero-size
+    cols = _native.PSEUDO_ROW
+    geometry = [[48, 4, 12, 1], [4, 1, cols, 0], [1, 1, cols, 0]]
+    assert _native._geometry([w, b, s]).tolist() == geometry
+    assert _native._geometry([torch.randn(0, 3)]).tolist() == [[0, 0, cols, 0]]  # zero-size
     assert _why_not([w, b], kept=[[None, None]]) is None  # state not made yet: made like p
     cl = w.to(memory_format=torch.channels_last)
     assert _why_not([cl], kept=[[torch.zeros_like(cl)]]) is None  # grads/state keep it
