@@ -282,9 +282,12 @@ static int8_t step_whole(const call_t *c, const tensor_t *t, row_t *rw) {
     return (int8_t)view;
 }
 
-static inline void pause(void) {
+/* a spin-wait hint to the core (not named pause: POSIX has one in unistd.h) */
+static inline void spin_pause(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 
@@ -407,7 +410,7 @@ static int step(const int64_t *table, int64_t nt, const hyper_t *h, int8_t *view
                 continue;
             }
             if (atomic_load_explicit(&taken2, memory_order_relaxed) >= nchunks) break;
-            pause(); /* the last first-pass chunks are being stepped by other threads */
+            spin_pause(); /* the last first-pass chunks are being stepped by other threads */
         }
     }
     free(rows), free(at), free(splits), free(items), free(queue), free((void *)queued);
