@@ -268,8 +268,9 @@ class ProjectionOptimizer(torch.optim.Optimizer):
 
 
 @torch.compiler.disable
-def _eager(fn: Callable[..., None], *args: Any) -> None:
-    fn(*args)
+def _eager(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run eagerly: a graph break under torch.compile, nothing traced inside."""
+    return fn(*args)
 
 
 @dataclass(frozen=True)
@@ -298,11 +299,6 @@ def zeros_state(p: Tensor) -> Tensor:
     if torch.compiler.is_compiling() and _kernel.is_dtensor(p):
         # traced, a DTensor's zeros_like gets an unevenly sharded param's shards wrong (3 rows
         # on both ranks of a 5-row param): made eagerly, at a graph break
-        return _eager_zeros(p)
+        return _eager(zeros_state, p)
     dtype = _kernel.compute_dtype(p.dtype)
     return torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
-
-
-@torch.compiler.disable
-def _eager_zeros(p: Tensor) -> Tensor:
-    return zeros_state(p)

@@ -348,8 +348,9 @@ def _step_impl(
 # would not fuse the two passes per tensor any better). Defined with torch.library's low-level
 # API rather than torch.library.custom_op, whose Python kernel bumps each mutated tensor's
 # version counter one by one (about 1 ms per call for a model of 300 params, four times the
-# step itself); the dispatcher's fallbacks do that in C++. Eager steps call _step_impl directly,
-# without the dispatcher's conversion of the tensor lists.
+# step itself); _step_impl bumps them itself, one C++ call per list, as the dispatcher's
+# fallbacks do not. Eager steps call _step_impl directly, without the dispatcher's conversion
+# of the tensor lists.
 _LIB = torch.library.Library("adamp_torch", "DEF")
 _LIB.define(
     "projected_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] s1, Tensor(c!)[] s2, "
